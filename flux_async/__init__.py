@@ -1,0 +1,82 @@
+"""flux_async: an asyncio-first client for the Ace Data Cloud Flux image API.
+
+>>> async with FluxClient() as client:          # key from $ACEDATACLOUD_API_TOKEN
+...     result = await client.generate("a white siamese cat")
+...     print(result.urls)
+
+Everything public is re-exported here; the modules behind it are private.
+"""
+
+from ._client import FluxClient
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigurationError,
+    ConnectError,
+    FluxError,
+    InsufficientBalanceError,
+    NetworkError,
+    NotFoundError,
+    ProtocolError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServerError,
+    SubmissionUncertainError,
+    TaskError,
+    TaskFailedError,
+    TaskTimeoutError,
+    TransportError,
+    ValidationError,
+)
+from ._map import MapEvent, MapProgress
+from ._models import (
+    EditRequest,
+    GenerateRequest,
+    Image,
+    ImageRequest,
+    ImageResult,
+    Outcome,
+    Task,
+    TaskErrorInfo,
+    TaskStatus,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConnectError",
+    "EditRequest",
+    "FluxClient",
+    "FluxError",
+    "GenerateRequest",
+    "Image",
+    "ImageRequest",
+    "ImageResult",
+    "InsufficientBalanceError",
+    "MapEvent",
+    "MapProgress",
+    "NetworkError",
+    "NotFoundError",
+    "Outcome",
+    "ProtocolError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ServerError",
+    "SubmissionUncertainError",
+    "Task",
+    "TaskError",
+    "TaskErrorInfo",
+    "TaskFailedError",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "TransportError",
+    "ValidationError",
+    "__version__",
+]

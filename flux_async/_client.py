@@ -1,0 +1,582 @@
+"""``FluxClient``: the session users hold.
+
+It owns (or borrows) one aiohttp session, one poller, two rate limiters
+(submissions and task queries) and a semaphore of ``max_concurrency``
+generation slots. A slot is taken before a submission and given back when the
+task resolves, fails to submit, or stops being followed, so no more than
+``max_concurrency`` generations are ever in flight through one client.
+
+Background work (the poller's rounds, ``map`` runs) lives in one anyio task
+group hosted by a supervisor task the client starts on first use; ``aclose()``
+cancels it and waits for it, so nothing outlives the client. Hosting the group
+in its own task lets a web app open the client in one task and close it in
+another, as aiohttp's ``cleanup_ctx`` may.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import anyio
+
+from ._errors import (
+    ClientClosedError,
+    ConfigurationError,
+    ConnectError,
+    NetworkError,
+    ProtocolError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServerError,
+    SubmissionUncertainError,
+    TaskFailedError,
+    TaskTimeoutError,
+    TransportError,
+)
+from ._limits import Backoff, RateLimiter
+from ._map import MapEvent, Requests, run_map
+from ._models import (
+    EditRequest,
+    GenerateRequest,
+    ImageRequest,
+    ImageResult,
+    Outcome,
+    Task,
+    TaskStatus,
+    check_http_url,
+)
+from ._poller import Entry, Poller
+from ._protocol import (
+    DEFAULT_BASE_URL,
+    IMAGES_PATH,
+    TASKS_PATH,
+    Submission,
+    decode_answer,
+    read_batch,
+    read_submission,
+    read_task,
+    request_headers,
+    retrieve_batch_body,
+    retrieve_body,
+    submit_body,
+)
+from ._transport import Transport
+
+__all__ = ["API_KEY_ENV", "BASE_URL_ENV", "FluxClient"]
+
+log = logging.getLogger("flux_async")
+
+API_KEY_ENV = "ACEDATACLOUD_API_TOKEN"
+BASE_URL_ENV = "FLUX_ASYNC_BASE_URL"
+
+
+class _Default:
+    """Marks "use the client's default" where ``None`` already means "no limit"."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+
+# 429s are retried while the deadline allows, but never more than this many times.
+MAX_RATE_LIMIT_RETRIES = 30
+
+
+class FluxClient:
+    """An async client of the Flux image API; use it as ``async with FluxClient() as c``.
+
+    ``api_key`` falls back to ``$ACEDATACLOUD_API_TOKEN`` and ``base_url`` to
+    ``$FLUX_ASYNC_BASE_URL``, then to ``https://api.acedata.cloud``.
+
+    Settings (all keyword-only; defaults are the vendor's documented limits):
+
+    - ``max_concurrency`` (10): generations in flight at once.
+    - ``submit_rate`` (5/s) and ``query_rate`` (30/s): requests per second to
+      ``/flux/images`` and ``/flux/tasks``; ``None`` for no limit. A 429 pauses
+      and slows every request of that kind, then the rate recovers.
+    - ``poll_interval`` (1 s): time between poll rounds; ``busy_poll_interval``
+      (0.25 s) when callers are queued for a slot, since then a finished task
+      noticed sooner is a slot freed sooner.
+    - ``batch_size`` (50): ids per ``retrieve_batch`` request.
+    - ``timeout`` (600 s): default deadline of ``generate``/``edit``/``wait``;
+      ``None`` for none. ``request_timeout`` (60 s): one HTTP request.
+    - ``max_retries`` (5): attempts at a submission that provably reached nobody
+      (connect errors), and at a ``get_task`` query.
+    - ``resend_uncertain`` (False): also re-send submissions whose fate is unknown
+      (a reset or timeout after sending, a 5xx). Risk: the service may have
+      created the first task too, and charges for both.
+    - ``callback_url``: put on every submission; the poller then checks those
+      tasks only every ``callback_poll_interval`` (30 s), as a fallback for lost
+      callbacks.
+    - ``session``: an ``aiohttp.ClientSession`` to use; the client leaves it open.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        max_concurrency: int = 10,
+        submit_rate: float | None = 5.0,
+        query_rate: float | None = 30.0,
+        poll_interval: float = 1.0,
+        busy_poll_interval: float = 0.25,
+        batch_size: int = 50,
+        timeout: float | None = 600.0,
+        request_timeout: float = 60.0,
+        max_retries: int = 5,
+        resend_uncertain: bool = False,
+        callback_url: str | None = None,
+        callback_poll_interval: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        if not api_key:
+            raise ConfigurationError(
+                f"no API key: pass FluxClient(api_key=...) or set ${API_KEY_ENV}"
+            )
+        if max_concurrency < 1:
+            raise ConfigurationError("max_concurrency must be at least 1")
+        if not 1 <= batch_size <= 100:
+            raise ConfigurationError("batch_size must be between 1 and 100")
+        if max_retries < 1:
+            raise ConfigurationError("max_retries must be at least 1")
+        if callback_url is not None:
+            check_http_url("callback_url", callback_url)
+        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.resend_uncertain = resend_uncertain
+        self.callback_url = callback_url
+        self.callback_poll_interval = callback_poll_interval
+        # The key lives only inside these headers, which nothing prints.
+        self._headers = request_headers(api_key)
+        self._request_timeout = aiohttp.ClientTimeout(
+            total=request_timeout, sock_connect=min(10.0, request_timeout)
+        )
+        self._session = session
+        self._owns_session = session is None
+        self._transport: Transport | None = None
+        self._slots = anyio.Semaphore(max_concurrency)
+        self._backoff = Backoff()
+        self.submit_limiter = RateLimiter(submit_rate, backoff=self._backoff)
+        self.query_limiter = RateLimiter(query_rate, backoff=self._backoff)
+        self._poller = Poller(
+            fetch_batch=self._fetch_batch,
+            fetch_one=self._fetch_one,
+            limiter=self.query_limiter,
+            spawn=self._spawn,
+            interval=poll_interval,
+            busy_interval=busy_poll_interval,
+            is_busy=lambda: self._slots.statistics().tasks_waiting > 0,
+            chunk_size=batch_size,
+        )
+        self._group: anyio.abc.TaskGroup | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._started: anyio.Event | None = None
+        self._stopping: anyio.Event | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<FluxClient {self.base_url} max_concurrency={self.max_concurrency}>"
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> FluxClient:
+        await self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def in_flight(self) -> int:
+        """Generation slots in use: submitted (or submitting) and not yet resolved."""
+        return self.max_concurrency - int(self._slots.value)
+
+    async def _start(self) -> None:
+        if self._closed:
+            raise ClientClosedError("this FluxClient is closed")
+        if self._started is None:
+            self._started = anyio.Event()
+            self._stopping = anyio.Event()
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+            self._transport = Transport(
+                self._session, self.base_url, self._headers, timeout=self._request_timeout
+            )
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        await self._started.wait()
+
+    async def _supervise(self) -> None:
+        assert self._started is not None
+        assert self._stopping is not None
+        async with anyio.create_task_group() as group:
+            self._group = group
+            self._started.set()
+            await self._stopping.wait()
+            group.cancel_scope.cancel()
+        self._group = None
+
+    def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._group is None:
+            raise ClientClosedError("this FluxClient is closed")
+        self._group.start_soon(fn)
+
+    async def aclose(self) -> None:
+        """Stop background work, fail pending waits (``ClientClosedError``), close the session."""
+        if self._closed:
+            return
+        self._closed = True
+        self._poller.close(ClientClosedError("the FluxClient was closed while waiting"))
+        with anyio.CancelScope(shield=True):
+            if self._stopping is not None:
+                self._stopping.set()
+            if self._supervisor is not None:
+                await self._supervisor
+            if self._owns_session and self._session is not None:
+                await self._session.close()
+
+    # --- requests ----------------------------------------------------------------
+
+    async def _post(self, path: str, payload: Mapping[str, Any]) -> Any:
+        if self._transport is None:
+            await self._start()
+        assert self._transport is not None
+        reply = await self._transport.post(path, payload)
+        return decode_answer(reply.status, reply.headers, reply.body, now=time.time())
+
+    async def _fetch_batch(self, task_ids: Sequence[str]) -> list[Mapping[str, Any]]:
+        return read_batch(await self._post(TASKS_PATH, retrieve_batch_body(task_ids)))
+
+    async def _fetch_one(self, task_id: str) -> Mapping[str, Any]:
+        data = await self._post(TASKS_PATH, retrieve_body(task_id))
+        if not isinstance(data, Mapping):
+            raise ProtocolError("a retrieve answer is not a JSON object")
+        return data
+
+    async def _submit_once(
+        self, request: ImageRequest, callback_url: str | None, deadline: float | None,
+        timeout: float | None,
+    ) -> Submission:
+        with anyio.move_on_after(_remaining(deadline)) as scope:
+            await self.submit_limiter.acquire()
+        if scope.cancelled_caught:
+            raise TaskTimeoutError(None, timeout)
+        data = await self._post(IMAGES_PATH, submit_body(request, callback_url=callback_url))
+        return read_submission(data)
+
+    async def _submit(
+        self, request: ImageRequest, callback_url: str | None, deadline: float | None,
+        timeout: float | None,
+    ) -> Submission:
+        """Send a paid submission, re-sending only when the service provably created nothing."""
+        failures = rate_limited = 0
+        while True:
+            try:
+                submission = await self._submit_once(request, callback_url, deadline, timeout)
+            except RateLimitError as exc:
+                # A 429 created nothing: safe to re-send once the pause is over.
+                rate_limited += 1
+                if rate_limited > MAX_RATE_LIMIT_RETRIES:
+                    raise
+                pause = self.submit_limiter.penalize(exc.retry_after, anyio.current_time())
+                log.warning("submission rate-limited (HTTP 429); pausing submissions %.1fs", pause)
+            except (ConnectError, NetworkError, RequestTimeoutError, ProtocolError,
+                    ServerError) as exc:
+                certain = isinstance(exc, ConnectError)
+                failures += 1
+                if failures >= self.max_retries or not (certain or self.resend_uncertain):
+                    if certain:
+                        raise
+                    raise SubmissionUncertainError(
+                        f"the submission may or may not have created a task ({exc}); "
+                        "it was not re-sent, to avoid paying twice",
+                        request=request,
+                        trace_id=getattr(exc, "trace_id", None),
+                    ) from exc
+                delay = self._backoff.delay(failures)
+                log.warning("submission failed (%s); re-sending in %.1fs", exc, delay)
+                await anyio.sleep(delay)
+            else:
+                self.submit_limiter.succeeded()
+                return submission
+
+    async def _launch(
+        self,
+        request: ImageRequest,
+        *,
+        deadline: float | None,
+        timeout: float | None,
+        callback_url: str | None,
+        background: bool,
+        on_submitted: Callable[[str], None] | None = None,
+    ) -> tuple[Submission, Entry | None]:
+        """Take a slot, submit, and hand the slot to the poller's entry for the task."""
+        await self._start()
+        with anyio.move_on_after(_remaining(deadline)) as scope:
+            await self._slots.acquire()
+        if scope.cancelled_caught:
+            raise TaskTimeoutError(None, timeout)
+        try:
+            submission = await self._submit(request, callback_url, deadline, timeout)
+        except BaseException:
+            self._slots.release()
+            raise
+        if on_submitted is not None:
+            on_submitted(submission.task_id)
+        if submission.result is not None:
+            self._slots.release()
+            return submission, None
+        entry = self._poller.entry(submission.task_id)
+        entry.release = self._slots.release
+        entry.background = background
+        if callback_url is not None:
+            entry.recheck = self.callback_poll_interval
+            entry.not_before = anyio.current_time() + self.callback_poll_interval
+        return submission, entry
+
+    async def _await(self, entry: Entry, deadline: float | None, timeout: float | None) -> Task:
+        entry.waiters += 1
+        try:
+            with anyio.fail_after(_remaining(deadline)):
+                await entry.done.wait()
+        except TimeoutError:
+            raise TaskTimeoutError(entry.task_id, timeout) from None
+        finally:
+            self._poller.leave(entry)
+        if entry.error is not None:
+            raise entry.error
+        assert entry.task is not None
+        return entry.task
+
+    async def _run(
+        self,
+        request: ImageRequest,
+        timeout: float | None,
+        on_submitted: Callable[[str], None] | None = None,
+    ) -> ImageResult:
+        timeout = self.timeout if timeout is DEFAULT else timeout
+        deadline = _deadline(timeout)
+        callback_url = self.callback_url
+        submission, entry = await self._launch(
+            request, deadline=deadline, timeout=timeout, callback_url=callback_url,
+            background=False, on_submitted=on_submitted,
+        )
+        if entry is None:
+            assert submission.result is not None
+            return submission.result
+        return _result_of(await self._await(entry, deadline, timeout))
+
+    # --- public API ----------------------------------------------------------------
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        size: str | None = None,
+        count: int | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> ImageResult:
+        """Generate images from ``prompt`` and wait for them.
+
+        Raises ``TaskFailedError`` if the service fails the task, ``TaskTimeoutError``
+        when ``timeout`` (default: the client's) passes first.
+        """
+        request = GenerateRequest(prompt, model=model, size=size, count=count)
+        return await self._run(request, timeout)
+
+    async def edit(
+        self,
+        prompt: str,
+        *,
+        image_url: str,
+        model: str | None = None,
+        size: str | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> ImageResult:
+        """Edit the image at ``image_url`` as ``prompt`` says, and wait for the result."""
+        return await self._run(
+            EditRequest(prompt, image_url=image_url, model=model, size=size), timeout
+        )
+
+    async def submit(self, request: ImageRequest, *, callback_url: str | None = None) -> Task:
+        """Submit and return as soon as the service gives a task id.
+
+        The task keeps a concurrency slot until it resolves; the client follows it
+        in the background so ``wait()`` on it later is immediate once it has.
+        """
+        if not isinstance(request, (GenerateRequest, EditRequest)):
+            raise TypeError("submit() takes a GenerateRequest or an EditRequest")
+        if callback_url is not None:
+            check_http_url("callback_url", callback_url)
+        submission, _ = await self._launch(
+            request, deadline=None, timeout=None,
+            callback_url=callback_url or self.callback_url, background=True,
+        )
+        if submission.result is not None:
+            return Task(submission.task_id, TaskStatus.SUCCEEDED, trace_id=submission.trace_id,
+                        result=submission.result, raw=submission.result.raw)
+        return Task(submission.task_id, TaskStatus.PENDING, trace_id=submission.trace_id)
+
+    async def wait(self, task: Task | str, *, timeout: float | None = DEFAULT) -> ImageResult:
+        """Wait for a task (or task id) to resolve, polling it with every other pending one.
+
+        ``TaskTimeoutError`` leaves the task running: ``wait()`` on it again later.
+        """
+        task_id = task.id if isinstance(task, Task) else task
+        if not isinstance(task_id, str) or not task_id:
+            raise TypeError("wait() takes a Task or a non-empty task id")
+        known = task if isinstance(task, Task) and task.status.finished else None
+        known = known or self._poller.recent.get(task_id)
+        if known is not None:
+            return _result_of(known)
+        timeout = self.timeout if timeout is DEFAULT else timeout
+        deadline = _deadline(timeout)
+        await self._start()
+        entry = self._poller.entry(task_id)
+        return _result_of(await self._await(entry, deadline, timeout))
+
+    async def get_task(self, task_id: str) -> Task:
+        """One task as the service reports it now (``retrieve``)."""
+        task = read_task(await self._query(functools.partial(self._fetch_one, task_id)))
+        self._poller.resolve(task)
+        return task
+
+    async def get_tasks(self, task_ids: Iterable[str]) -> list[Task]:
+        """Many tasks, ``batch_size`` per request (``retrieve_batch``), in the order asked.
+
+        Ids the service does not know are left out, as the service leaves them out.
+        """
+        ids = list(dict.fromkeys(task_ids))
+        size = self._poller.chunk_size
+        found: dict[str, Task] = {}
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
+            if self._poller.batch_supported:
+                items = await self._query(functools.partial(self._fetch_batch, chunk))
+            else:
+                items = [await self._query(functools.partial(self._fetch_one, i)) for i in chunk]
+            for item in items:
+                task = read_task(item)
+                found[task.id] = task
+                self._poller.resolve(task)
+        return [found[i] for i in ids if i in found]
+
+    async def _query(self, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        """A free task query, retried with backoff on failures that may pass."""
+        for attempt in range(1, self.max_retries + 1):
+            await self.query_limiter.acquire()
+            try:
+                return await fetch()
+            except RateLimitError as exc:
+                if attempt == self.max_retries:
+                    raise
+                self.query_limiter.penalize(exc.retry_after, anyio.current_time())
+            except (TransportError, ServerError):
+                if attempt == self.max_retries:
+                    raise
+                await anyio.sleep(self._backoff.delay(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def map(
+        self,
+        requests: Requests,
+        *,
+        ordered: bool = False,
+        timeout: float | None = DEFAULT,
+        on_event: Callable[[MapEvent], None] | None = None,
+    ) -> AsyncIterator[Outcome]:
+        """Run many requests, yielding an ``Outcome`` per request as each resolves.
+
+        ``requests`` is read lazily; at most ``max_concurrency`` are outstanding.
+        One failure never stops the rest: it is that request's ``Outcome.error``.
+        ``ordered=True`` yields in input order. ``on_event`` is called at each
+        submission and resolution with a ``MapEvent`` carrying the counts so far.
+        Leaving the loop early cancels what is still running.
+        """
+        await self._start()
+        send, receive = anyio.create_memory_object_stream[Outcome](0)
+        failure: list[BaseException] = []
+        finished = anyio.Event()
+        scope = anyio.CancelScope()
+
+        async def launch(request: ImageRequest, on_submitted: Callable[[str], None]) -> ImageResult:
+            return await self._run(request, timeout, on_submitted)
+
+        async def runner() -> None:
+            with scope:
+                try:
+                    await run_map(launch, requests, send, window=self.max_concurrency,
+                                  ordered=ordered, on_event=on_event)
+                except Exception as exc:  # the input or a hook raised: re-raised to the consumer
+                    failure.append(exc)
+                finally:
+                    send.close()
+                    finished.set()
+
+        self._spawn(runner)
+        try:
+            async with receive:
+                async for outcome in receive:
+                    yield outcome
+        finally:
+            scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await finished.wait()
+        if failure:
+            raise failure[0]
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if timeout < 0 or math.isnan(timeout):
+        raise ValueError("timeout must be a non-negative number of seconds or None")
+    return anyio.current_time() + timeout
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - anyio.current_time())
+
+
+def _result_of(task: Task) -> ImageResult:
+    if task.result is not None:
+        return task.result
+    error = task.error
+    raise TaskFailedError(
+        task.id,
+        code=error.code if error else None,
+        message=error.message if error else "the task failed",
+        trace_id=task.trace_id,
+    )
+

@@ -1,0 +1,282 @@
+"""Every exception flux_async raises.
+
+No aiohttp, JSON or cattrs exception ever reaches a caller: the transport edge
+translates them once, with ``raise ... from`` so the original stays on
+``__cause__`` for debugging. The tree::
+
+    FluxError
+    ├── ConfigurationError          no API key, an impossible setting (also ValueError)
+    ├── ValidationError             bad input, refused before any request (also ValueError)
+    ├── ClientClosedError           the client was closed
+    ├── TransportError              no usable answer came back
+    │   ├── ConnectError            never connected: nothing was sent
+    │   ├── NetworkError            the connection broke after the request may have gone out
+    │   ├── RequestTimeoutError     no answer in time (also TimeoutError)
+    │   └── ProtocolError           an answer that is not the protocol (not JSON, truncated)
+    ├── APIError                    the service answered an error: status, code, message, trace_id
+    │   ├── BadRequestError         400
+    │   ├── AuthenticationError     401, and the token codes whatever the status
+    │   ├── InsufficientBalanceError  403 used_up
+    │   ├── NotFoundError           404
+    │   ├── RateLimitError          429, with retry_after when the service gave one
+    │   └── ServerError             5xx, including gateway pages that are not JSON
+    ├── SubmissionUncertainError    a paid submission whose fate is unknown: not re-sent
+    └── TaskError                   about one task, carries task_id
+        ├── TaskFailedError         the service says the task failed: code, message
+        └── TaskTimeoutError        the deadline passed; the task may still finish
+                                    (also TimeoutError)
+
+Messages never contain the API key: nothing here is ever given it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConnectError",
+    "FluxError",
+    "InsufficientBalanceError",
+    "NetworkError",
+    "NotFoundError",
+    "ProtocolError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ServerError",
+    "SubmissionUncertainError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskTimeoutError",
+    "TransportError",
+    "ValidationError",
+    "error_for_response",
+]
+
+
+class FluxError(Exception):
+    """Base of every flux_async exception."""
+
+
+class ConfigurationError(FluxError, ValueError):
+    """The client cannot be built as asked (for example: no API key anywhere)."""
+
+
+class ValidationError(FluxError, ValueError):
+    """A request was refused before anything was sent; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ClientClosedError(FluxError):
+    """The client was used after ``aclose()`` (or after leaving ``async with``)."""
+
+
+class TransportError(FluxError):
+    """No usable answer: the connection, the timing or the bytes went wrong."""
+
+
+class ConnectError(TransportError):
+    """The connection was never established, so the service received nothing.
+
+    This is the one transport failure after which re-sending a paid request is
+    known to be safe.
+    """
+
+
+class NetworkError(TransportError):
+    """The connection broke (reset, disconnect) after the request may have gone out."""
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """The service did not answer in time; it may have acted on the request."""
+
+
+class ProtocolError(TransportError):
+    """The service answered something that is not the protocol (not JSON, truncated...)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class APIError(FluxError):
+    """The service answered an error.
+
+    ``status`` is the HTTP status, ``code`` and ``message`` come from the error
+    body (``code`` is ``None`` when the body was not the vendor's JSON, such as a
+    gateway's HTML page), ``trace_id`` is what to quote to the vendor's support.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.trace_id = trace_id
+
+    def __str__(self) -> str:
+        parts = [f"HTTP {self.status}"]
+        if self.code:
+            parts.append(self.code)
+        text = f"{' '.join(parts)}: {self.message}"
+        if self.trace_id:
+            text += f" (trace_id={self.trace_id})"
+        return text
+
+
+class BadRequestError(APIError):
+    """400: the service refused the parameters."""
+
+
+class AuthenticationError(APIError):
+    """401, or a token code (no_token, invalid_token, token_expired, token_mismatched)."""
+
+
+class InsufficientBalanceError(APIError):
+    """403 ``used_up``: the account's balance is spent (or the token has no access)."""
+
+
+class NotFoundError(APIError):
+    """404: wrong path (``no_api``) or a task id the service does not know."""
+
+
+class RateLimitError(APIError):
+    """429: too many requests; ``retry_after`` is the delay the service asked for, if any."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 429,
+        code: str | None = None,
+        trace_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, trace_id=trace_id)
+        self.retry_after = retry_after
+
+
+class ServerError(APIError):
+    """5xx: the service (or a gateway in front of it) failed."""
+
+
+class SubmissionUncertainError(FluxError):
+    """A paid submission went out and no clear answer came back.
+
+    The service may or may not have created (and will charge for) a task, so the
+    client did not send it again. ``request`` is what was sent, ``trace_id`` the
+    service's trace id if any answer carried one; the original failure is on
+    ``__cause__``. Re-send it yourself only if a possible duplicate is acceptable,
+    or set ``FluxClient(resend_uncertain=True)``.
+    """
+
+    def __init__(self, message: str, *, request: Any, trace_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request = request
+        self.trace_id = trace_id
+
+
+class TaskError(FluxError):
+    """Something about one task; ``task_id`` says which."""
+
+    def __init__(self, message: str, *, task_id: str | None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskFailedError(TaskError):
+    """The service reports the task failed, with its own ``code`` and ``message``."""
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        code: str | None,
+        message: str,
+        trace_id: str | None = None,
+    ) -> None:
+        text = f"task {task_id} failed: {message}" + (f" ({code})" if code else "")
+        super().__init__(text, task_id=task_id)
+        self.code = code
+        self.message = message
+        self.trace_id = trace_id
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """The deadline passed before the task resolved.
+
+    The task may still finish: ``await client.wait(err.task_id)`` picks it up
+    again. ``task_id`` is ``None`` when the deadline passed before anything was
+    submitted (nothing was spent).
+    """
+
+    def __init__(self, task_id: str | None, timeout: float | None) -> None:
+        if task_id is None:
+            text = f"deadline of {timeout}s passed before the request was submitted"
+        else:
+            text = f"task {task_id} did not resolve within {timeout}s; it may still finish"
+        super().__init__(text, task_id=task_id)
+        self.timeout = timeout
+
+
+# The code decides first: token codes mean "authentication" whatever status carries
+# them (the vendor answers no_token and token_mismatched with 400), and an error
+# body inside a 200 still names its kind. The status decides for unknown codes.
+_CODE_CLASSES: Mapping[str, type[APIError]] = {
+    "bad_request": BadRequestError,
+    "api_not_implemented": BadRequestError,
+    "disabled": BadRequestError,
+    "no_api": NotFoundError,
+    "not_found": NotFoundError,
+    "api_error": ServerError,
+    "no_token": AuthenticationError,
+    "invalid_token": AuthenticationError,
+    "token_expired": AuthenticationError,
+    "token_mismatched": AuthenticationError,
+    "used_up": InsufficientBalanceError,
+    "too_many_requests": RateLimitError,
+    "rate_limited": RateLimitError,
+}
+
+_STATUS_CLASSES: Mapping[int, type[APIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: InsufficientBalanceError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+
+def error_for_response(
+    status: int,
+    *,
+    code: str | None,
+    message: str,
+    trace_id: str | None,
+    retry_after: float | None = None,
+) -> APIError:
+    """The typed exception for an error answer: by code first, then by status."""
+    cls = _CODE_CLASSES.get(code or "")
+    if cls is None:
+        cls = ServerError if status >= 500 else _STATUS_CLASSES.get(status, APIError)
+    if cls is RateLimitError:
+        return RateLimitError(
+            message, status=status, code=code, trace_id=trace_id, retry_after=retry_after
+        )
+    return cls(message, status=status, code=code, trace_id=trace_id)

@@ -1,0 +1,117 @@
+"""Client-side rate limits that slow the whole client down when the service says 429.
+
+``RateLimiter`` spaces requests of one kind (submissions, task queries) at most
+``rate`` per second. It hands out start times rather than tokens (the "generic
+cell rate" scheme): each caller reserves the next free instant, so callers are
+served first come first served, in O(1), with no lock and no background task.
+
+On a 429 every caller of that kind pauses (``Retry-After`` when the service gave
+one, else exponential backoff with jitter) and the rate is halved; it then grows
+back linearly while no further 429 comes (additive increase, multiplicative
+decrease, as TCP does).
+
+Times come from ``anyio.current_time()`` so the limiter follows the event loop's
+clock; ``Backoff`` is pure arithmetic, tested without a loop.
+"""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import attrs
+
+__all__ = ["Backoff", "RateLimiter"]
+
+
+@attrs.define
+class Backoff:
+    """Exponential delays with jitter: base, 2*base, 4*base... capped, each randomised.
+
+    ``delay(n)`` for the n-th consecutive failure (n >= 1). "Equal jitter": half
+    the step is fixed, half random, so retries spread out but never come early.
+    """
+
+    base: float = 1.0
+    cap: float = 16.0
+    rng: random.Random = attrs.field(factory=random.Random, repr=False)
+
+    def delay(self, attempt: int) -> float:
+        step = min(self.cap, self.base * 2.0 ** max(0, attempt - 1))
+        return step / 2 + self.rng.uniform(0, step / 2)
+
+
+class RateLimiter:
+    """At most ``rate`` requests per second, slowed down by ``penalize`` on a 429.
+
+    ``rate=None`` means no limit (``acquire`` returns at once unless penalised).
+    """
+
+    # After a 429 the rate is halved, never below this share of the configured one.
+    MIN_SHARE = 0.1
+    # Seconds without a 429 for the rate to climb back from the floor to the full rate.
+    RECOVERY_SECONDS = 10.0
+
+    def __init__(self, rate: float | None, *, backoff: Backoff | None = None) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be positive or None")
+        self.rate = rate
+        self._current = rate
+        self._next_free = 0.0  # earliest start time the next caller may have
+        self._paused_until = 0.0
+        self._strikes = 0  # consecutive 429s, for the backoff exponent
+        self._last_change = 0.0
+        self._epoch = 0  # bumped by every 429, so callers already waiting look again
+        self._backoff = backoff or Backoff()
+
+    @property
+    def current_rate(self) -> float | None:
+        return self._current
+
+    def _recover(self, now: float) -> None:
+        """Grow the rate back linearly since the last change (AIMD's additive half)."""
+        if self.rate is None or self._current is None or self._current >= self.rate:
+            return
+        if now <= self._last_change:
+            return  # still inside a pause: nothing has been learnt yet
+        gained = self.rate * (now - self._last_change) / self.RECOVERY_SECONDS
+        self._current = min(self.rate, self._current + gained)
+        self._last_change = now
+
+    def reserve(self, now: float) -> float:
+        """Reserve a start time for one request; returns the seconds to wait for it."""
+        self._recover(now)
+        start = max(now, self._paused_until, self._next_free)
+        if self._current is not None:
+            self._next_free = start + 1.0 / self._current
+        return start - now
+
+    async def acquire(self) -> None:
+        """Wait for this caller's turn. Cancelling the wait gives up the turn.
+
+        A 429 that arrives while callers wait for turns reserved before it sends
+        them back in line behind the pause, instead of letting them fire into it.
+        """
+        while True:
+            epoch = self._epoch
+            delay = self.reserve(anyio.current_time())
+            if delay > 0:
+                await anyio.sleep(delay)
+            if epoch == self._epoch:
+                return
+
+    def penalize(self, retry_after: float | None, now: float) -> float:
+        """Record a 429: pause every caller and halve the rate. Returns the pause."""
+        self._strikes += 1
+        self._epoch += 1
+        self._next_free = 0.0
+        pause = retry_after if retry_after is not None else self._backoff.delay(self._strikes)
+        self._paused_until = max(self._paused_until, now + pause)
+        if self.rate is not None and self._current is not None:
+            self._current = max(self.rate * self.MIN_SHARE, self._current / 2)
+            self._last_change = max(self._last_change, now + pause)
+        return pause
+
+    def succeeded(self) -> None:
+        """A request of this kind went through: the backoff exponent starts over."""
+        self._strikes = 0

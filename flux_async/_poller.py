@@ -1,0 +1,297 @@
+"""One poller per client: follows every pending task through ``/flux/tasks``.
+
+Each round asks ``retrieve_batch`` for up to ``chunk_size`` ids per request, so N
+pending tasks cost about N/chunk_size requests a round, not N. A task resolves
+in the round that first reports it finished. A failed round (5xx, reset,
+timeout, garbled body, 429) changes nothing: the next round asks again. If the
+service refuses ``retrieve_batch`` the poller falls back to ``retrieve`` per id
+for the rest of the client's life. Ids missing from several answers in a row are
+asked for one by one, so an id the service does not know fails with
+``NotFoundError`` instead of waiting for its deadline.
+
+The poller runs only while something is followed, and stops with the client.
+What an answer *means* is decided in ``_protocol``/``_state``; this module only
+schedules and routes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    FluxError,
+    InsufficientBalanceError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+)
+from ._limits import RateLimiter
+from ._models import Task, TaskStatus
+from ._protocol import read_task, task_id_of
+from ._state import classify
+
+__all__ = ["Entry", "Poller"]
+
+log = logging.getLogger("flux_async")
+
+FetchBatch = Callable[[Sequence[str]], Awaitable[list[Mapping[str, Any]]]]
+FetchOne = Callable[[str], Awaitable[Mapping[str, Any]]]
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+# After this many answers in a row without an id, ask for that id alone.
+MISSING_ROUNDS = 3
+# Finished tasks remembered, so ``wait()`` after ``submit()`` needs no query.
+RECENT_RESULTS = 1024
+
+
+class Entry:
+    """One followed task: who waits for it and, once known, how it ended.
+
+    ``background`` entries (from ``submit``) are followed even with no waiter
+    until they resolve, because they hold a concurrency slot; the others are
+    dropped when their last waiter leaves. ``release`` runs exactly once, when
+    the entry leaves the poller.
+    """
+
+    __slots__ = (
+        "background",
+        "done",
+        "error",
+        "missing",
+        "not_before",
+        "recheck",
+        "release",
+        "task",
+        "task_id",
+        "waiters",
+    )
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.waiters = 0
+        self.background = False
+        self.not_before = 0.0  # loop time before which rounds skip it (callback mode)
+        self.recheck: float | None = None  # interval between polls in callback mode
+        self.missing = 0
+        self.release: Callable[[], None] | None = None
+        self.done = anyio.Event()
+        self.task: Task | None = None
+        self.error: FluxError | None = None
+
+    @property
+    def followed(self) -> bool:
+        return self.waiters > 0 or self.background
+
+
+class Poller:
+    """Follows entries until they resolve; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        fetch_batch: FetchBatch,
+        fetch_one: FetchOne,
+        limiter: RateLimiter,
+        spawn: Spawn,
+        interval: float,
+        busy_interval: float,
+        is_busy: Callable[[], bool],
+        chunk_size: int,
+    ) -> None:
+        self._fetch_batch = fetch_batch
+        self._fetch_one = fetch_one
+        self._limiter = limiter
+        self._spawn = spawn
+        self.interval = interval
+        self.busy_interval = busy_interval
+        self._is_busy = is_busy
+        self.chunk_size = chunk_size
+        self._entries: dict[str, Entry] = {}
+        self.recent: OrderedDict[str, Task] = OrderedDict()
+        self._running = False
+        self.batch_supported = True
+        self.rounds = 0
+        self.closed = False
+
+    # --- bookkeeping -----------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entry(self, task_id: str) -> Entry:
+        """The entry for ``task_id``, created (and the poller started) if new."""
+        entry = self._entries.get(task_id)
+        if entry is None:
+            entry = self._entries[task_id] = Entry(task_id)
+        if not self._running and not self.closed:
+            self._running = True
+            self._spawn(self._run)
+        return entry
+
+    def leave(self, entry: Entry) -> None:
+        """A waiter stopped waiting; drop the entry if nobody needs it any more."""
+        entry.waiters -= 1
+        if not entry.followed and not entry.done.is_set():
+            self._finish(entry)
+
+    def _finish(self, entry: Entry) -> None:
+        if self._entries.get(entry.task_id) is entry:
+            del self._entries[entry.task_id]
+        release, entry.release = entry.release, None
+        if release is not None:
+            release()
+
+    def resolve(self, task: Task) -> bool:
+        """Settle a task from any source (poll, callback, get_task) and remember it.
+
+        Returns whether the task was followed. A pending task changes nothing.
+        """
+        if task.status is TaskStatus.PENDING:
+            return False
+        self.recent[task.id] = task
+        self.recent.move_to_end(task.id)
+        if len(self.recent) > RECENT_RESULTS:
+            self.recent.popitem(last=False)
+        entry = self._entries.get(task.id)
+        if entry is None:
+            return False
+        entry.task = task
+        self._settle(entry)
+        return True
+
+    def fail(self, entry: Entry, error: FluxError) -> None:
+        """End an entry with an error that is not the task's own (404, bad token...)."""
+        entry.error = error
+        self._settle(entry)
+
+    def _settle(self, entry: Entry) -> None:
+        self._finish(entry)
+        entry.done.set()
+
+    def close(self, error: FluxError) -> None:
+        """Fail every entry (the client is closing); no round starts after this."""
+        self.closed = True
+        for entry in list(self._entries.values()):
+            self.fail(entry, error)
+
+    # --- rounds ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            last_round = anyio.current_time()
+            while self._entries and not self.closed:
+                interval = self.busy_interval if self._is_busy() else self.interval
+                await anyio.sleep(max(0.0, last_round + interval - anyio.current_time()))
+                last_round = now = anyio.current_time()
+                due = [
+                    e.task_id
+                    for e in self._entries.values()
+                    if e.followed and e.not_before <= now
+                ]
+                if due:
+                    await self._round(due, now)
+        finally:
+            self._running = False
+
+    async def _round(self, due: list[str], now: float) -> None:
+        self.rounds += 1
+        for task_id in due:
+            entry = self._entries.get(task_id)
+            if entry is not None and entry.recheck is not None:
+                entry.not_before = now + entry.recheck
+        if self.batch_supported:
+            size = self.chunk_size
+            chunks = [due[i : i + size] for i in range(0, len(due), size)]
+            async with anyio.create_task_group() as group:
+                for chunk in chunks:
+                    group.start_soon(self._poll_chunk, chunk)
+        if not self.batch_supported:
+            async with anyio.create_task_group() as group:
+                for task_id in due:
+                    if task_id in self._entries:
+                        group.start_soon(self._poll_one, task_id)
+        lost = [e.task_id for e in self._entries.values() if e.missing >= MISSING_ROUNDS]
+        if lost:
+            async with anyio.create_task_group() as group:
+                for task_id in lost:
+                    group.start_soon(self._poll_one, task_id)
+
+    def _transient(self, exc: FluxError) -> bool:
+        """Whether a failed query is to be asked again next round (and note 429s)."""
+        if isinstance(exc, RateLimitError):
+            pause = self._limiter.penalize(exc.retry_after, anyio.current_time())
+            log.warning("task queries rate-limited (HTTP 429); pausing them %.1fs", pause)
+            return True
+        if isinstance(exc, (TransportError, ServerError)):
+            log.info("task query failed, asking again next round: %s", exc)
+            return True
+        return False
+
+    def _fail_all(self, task_ids: Sequence[str], error: FluxError) -> None:
+        for task_id in task_ids:
+            entry = self._entries.get(task_id)
+            if entry is not None:
+                self.fail(entry, error)
+
+    async def _poll_chunk(self, task_ids: list[str]) -> None:
+        await self._limiter.acquire()
+        try:
+            items = await self._fetch_batch(task_ids)
+        except FluxError as exc:
+            if self._transient(exc):
+                return
+            if isinstance(exc, (AuthenticationError, InsufficientBalanceError)):
+                self._fail_all(task_ids, exc)
+            elif isinstance(exc, APIError) and self.batch_supported:
+                # The action itself is refused (not implemented here): ask per id.
+                log.warning("retrieve_batch refused (%s); falling back to retrieve", exc)
+                self.batch_supported = False
+            return
+        self._limiter.succeeded()
+        seen: set[str] = set()
+        for item in items:
+            task_id = task_id_of(item)
+            if task_id is not None:
+                seen.add(task_id)
+                self._read(task_id, item)
+        for task_id in task_ids:
+            entry = self._entries.get(task_id)
+            if entry is not None:
+                entry.missing = 0 if task_id in seen else entry.missing + 1
+
+    async def _poll_one(self, task_id: str) -> None:
+        await self._limiter.acquire()
+        try:
+            item = await self._fetch_one(task_id)
+        except FluxError as exc:
+            if not self._transient(exc) and (
+                isinstance(exc, (NotFoundError, AuthenticationError, InsufficientBalanceError))
+            ):
+                self._fail_all([task_id], exc)
+            return
+        self._limiter.succeeded()
+        entry = self._entries.get(task_id)
+        if entry is not None:
+            entry.missing = 0
+        self._read(task_id, item)
+
+    def _read(self, task_id: str, item: Mapping[str, Any]) -> None:
+        entry = self._entries.get(task_id)
+        if entry is None or classify(item) is TaskStatus.PENDING:
+            # Most answers in a round: decided without building any model.
+            return
+        try:
+            task = read_task(item)
+        except FluxError as exc:
+            self.fail(entry, exc)
+            return
+        self.resolve(task)
+

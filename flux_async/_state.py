@@ -1,0 +1,110 @@
+"""Where a task stands, decided from a ``/flux/tasks`` task object.
+
+The service has no single status field (see flux-api.md): a task is running,
+succeeded or failed depending on ``response``, ``finished_at`` and sometimes a
+``status``/``state`` word. All of those rules live in ``RULES`` below, in the
+order they are tried; nothing else in the package decides a task's state.
+
+Everything here is a plain function over plain data, tested without a loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from ._models import TaskStatus
+
+__all__ = ["RULES", "Facts", "classify", "facts_of"]
+
+FAILED_WORDS = frozenset(
+    {"failed", "failure", "error", "errored", "cancelled", "canceled", "rejected", "timeout"}
+)
+SUCCEEDED_WORDS = frozenset({"succeeded", "success", "succeed", "completed", "complete", "done"})
+RUNNING_WORDS = frozenset(
+    {"pending", "queued", "queue", "processing", "running", "started", "submitted", "waiting"}
+)
+
+
+@attrs.frozen
+class Facts:
+    """The few things the rules look at, pulled out of one task object."""
+
+    word: str | None  # a status/state word, lower-cased, if the object has one
+    success: bool | None  # response.success when it is a bool
+    has_error: bool  # response.error is an object
+    has_images: bool  # response.data is a non-empty list
+    finished: bool  # finished_at is present and not null
+
+
+def _word(*places: Mapping[str, Any]) -> str | None:
+    for place in places:
+        for key in ("status", "state"):
+            value = place.get(key)
+            if isinstance(value, str) and value:
+                return value.strip().lower()
+    return None
+
+
+def facts_of(task: Mapping[str, Any]) -> Facts:
+    """Read the facts the rules need; any shape is accepted, none raises."""
+    response = task.get("response")
+    if not isinstance(response, Mapping):
+        # Missing, null or something odd: the task has not answered yet.
+        response = {}
+    success = response.get("success")
+    data = response.get("data")
+    return Facts(
+        word=_word(task, response),
+        success=success if isinstance(success, bool) else None,
+        has_error=isinstance(response.get("error"), Mapping),
+        has_images=isinstance(data, list) and len(data) > 0,
+        finished=task.get("finished_at") is not None or response.get("finished_at") is not None,
+    )
+
+
+Rule = tuple[str, Callable[[Facts], bool], TaskStatus]
+
+# First match wins. A status word outranks the structure when present: services
+# that send one mean it. ``success: false`` alone (no error object, not finished)
+# is not trusted as final: some services set it for a passing hiccup.
+RULES: tuple[Rule, ...] = (
+    ("failure word", lambda f: f.word in FAILED_WORDS, TaskStatus.FAILED),
+    ("success word with images", lambda f: f.word in SUCCEEDED_WORDS and f.has_images,
+     TaskStatus.SUCCEEDED),
+    ("success word without images", lambda f: f.word in SUCCEEDED_WORDS, TaskStatus.FAILED),
+    ("running word", lambda f: f.word in RUNNING_WORDS, TaskStatus.PENDING),
+    ("error object", lambda f: f.success is False and (f.has_error or f.finished),
+     TaskStatus.FAILED),
+    ("images", lambda f: f.success is not False and f.has_images, TaskStatus.SUCCEEDED),
+    ("finished without images", lambda f: f.finished, TaskStatus.FAILED),
+    ("nothing final yet", lambda f: True, TaskStatus.PENDING),
+)
+
+
+def classify(task: Mapping[str, Any]) -> TaskStatus:
+    """The status of one task object, by the first rule in ``RULES`` that matches."""
+    facts = facts_of(task)
+    for _name, matches, status in RULES:
+        if matches(facts):
+            return status
+    raise AssertionError("the last rule matches everything")  # pragma: no cover
+
+
+def failure_reason(task: Mapping[str, Any]) -> tuple[str | None, str]:
+    """``(code, message)`` for a failed task, in the service's words where it gave any."""
+    response = task.get("response")
+    error = response.get("error") if isinstance(response, Mapping) else None
+    if isinstance(error, Mapping):
+        code = error.get("code")
+        message = error.get("message")
+        return (
+            code if isinstance(code, str) else None,
+            message if isinstance(message, str) and message else "the task failed",
+        )
+    word = facts_of(task).word
+    if word in FAILED_WORDS:
+        return word, f"the service reports the task {word}"
+    return None, "the task finished without images"

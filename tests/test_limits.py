@@ -1,0 +1,63 @@
+"""Rate limiter arithmetic, with an explicit clock: no loop, no sleeping."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from flux_async._limits import Backoff, RateLimiter
+
+
+def test_reservations_are_spaced_at_the_rate() -> None:
+    limiter = RateLimiter(5.0)
+    waits = [limiter.reserve(100.0) for _ in range(6)]
+    assert waits == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def test_no_rate_means_no_wait() -> None:
+    limiter = RateLimiter(None)
+    assert [limiter.reserve(1.0) for _ in range(100)] == [0.0] * 100
+
+
+def test_a_429_pauses_everyone_and_halves_the_rate() -> None:
+    limiter = RateLimiter(10.0)
+    limiter.reserve(0.0)
+    assert limiter.penalize(2.0, now=0.0) == 2.0
+    assert limiter.current_rate == 5.0
+    assert limiter.reserve(0.5) == pytest.approx(1.5)  # waits out the pause
+    assert limiter.reserve(0.5) == pytest.approx(1.7)  # then 1/5 s apart
+
+
+def test_the_rate_recovers_linearly_and_never_overshoots() -> None:
+    limiter = RateLimiter(10.0)
+    limiter.penalize(0.0, now=0.0)
+    assert limiter.current_rate == 5.0
+    limiter.reserve(limiter.RECOVERY_SECONDS / 4)
+    assert limiter.current_rate == pytest.approx(7.5)
+    limiter.reserve(1000.0)
+    assert limiter.current_rate == 10.0
+
+
+def test_the_rate_never_falls_below_its_floor() -> None:
+    limiter = RateLimiter(10.0)
+    for _ in range(20):
+        limiter.penalize(0.0, now=0.0)
+    assert limiter.current_rate == pytest.approx(10.0 * RateLimiter.MIN_SHARE)
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    backoff = Backoff(base=1.0, cap=16.0, rng=random.Random(7))
+    for attempt, step in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (9, 16)]:
+        delay = backoff.delay(attempt)
+        assert step / 2 <= delay <= step
+
+
+def test_without_retry_after_the_pause_is_the_backoff() -> None:
+    limiter = RateLimiter(5.0, backoff=Backoff(rng=random.Random(1)))
+    first = limiter.penalize(None, now=0.0)
+    second = limiter.penalize(None, now=0.0)
+    assert 0.5 <= first <= 1.0
+    assert 1.0 <= second <= 2.0
+    limiter.succeeded()
+    assert limiter.penalize(None, now=0.0) <= 1.0

@@ -1,0 +1,185 @@
+"""Building requests and reading answers, without sockets."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+
+import pytest
+
+from flux_async import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    EditRequest,
+    GenerateRequest,
+    InsufficientBalanceError,
+    NotFoundError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    TaskStatus,
+)
+from flux_async._protocol import (
+    decode_answer,
+    error_from_answer,
+    parse_retry_after,
+    read_batch,
+    read_result_body,
+    read_submission,
+    read_task,
+    request_headers,
+    retrieve_batch_body,
+    submit_body,
+)
+
+
+def _error_body(code: str, message: str = "msg", trace_id: str = "tr-1") -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}, "trace_id": trace_id}).encode()
+
+
+def test_submit_body_omits_unset_fields_and_asks_for_async() -> None:
+    body = submit_body(GenerateRequest("a cat", size="1024x1024"))
+    assert body == {"action": "generate", "prompt": "a cat", "size": "1024x1024", "async": True}
+
+
+def test_edit_body_carries_image_url_and_callback() -> None:
+    body = submit_body(
+        EditRequest("make it blue", image_url="https://x/y.png", model="flux-kontext-pro"),
+        callback_url="https://me/cb",
+    )
+    assert body == {
+        "action": "edit",
+        "prompt": "make it blue",
+        "image_url": "https://x/y.png",
+        "model": "flux-kontext-pro",
+        "async": True,
+        "callback_url": "https://me/cb",
+    }
+
+
+def test_headers() -> None:
+    headers = request_headers("k")
+    assert headers["authorization"] == "Bearer k"
+    assert headers["accept"] == headers["content-type"] == "application/json"
+    assert retrieve_batch_body(("a", "b")) == {"action": "retrieve_batch", "ids": ["a", "b"]}
+
+
+# Every row of the error table in flux-api.md.
+ERROR_ROWS = [
+    (400, "bad_request", BadRequestError),
+    (400, "no_token", AuthenticationError),
+    (400, "token_mismatched", AuthenticationError),
+    (400, "api_not_implemented", BadRequestError),
+    (400, "disabled", BadRequestError),
+    (401, "invalid_token", AuthenticationError),
+    (401, "token_expired", AuthenticationError),
+    (401, "token_mismatched", AuthenticationError),
+    (403, "used_up", InsufficientBalanceError),
+    (404, "no_api", NotFoundError),
+    (404, "not_found", NotFoundError),
+    (429, "too_many_requests", RateLimitError),
+    (429, "rate_limited", RateLimitError),
+    (500, "api_error", ServerError),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "cls"), ERROR_ROWS)
+def test_error_rows_map_to_typed_errors(status: int, code: str, cls: type[APIError]) -> None:
+    with pytest.raises(cls) as info:
+        decode_answer(status, {}, _error_body(code, "it broke", "trace-9"), now=0.0)
+    err = info.value
+    assert (err.status, err.code, err.message) == (status, code, "it broke")
+    assert err.trace_id == "trace-9"
+    assert "trace-9" in str(err)
+    assert code in str(err)
+
+
+def test_gateway_html_page_is_a_server_error() -> None:
+    page = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+    err = error_from_answer(502, {}, page, now=0.0)
+    assert type(err) is ServerError
+    assert err.status == 502
+    assert err.code is None
+    assert "502 Bad Gateway" in err.message
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    err = error_from_answer(429, {"Retry-After": "3"}, _error_body("rate_limited"), now=0.0)
+    assert isinstance(err, RateLimitError)
+    assert err.retry_after == 3.0
+    when = email.utils.formatdate(1_000_010.0, usegmt=True)
+    assert parse_retry_after(when, now=1_000_000.0) == pytest.approx(10.0)
+    assert parse_retry_after("soon", now=0.0) is None
+    assert parse_retry_after(None, now=0.0) is None
+
+
+def test_garbled_2xx_body_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError):
+        decode_answer(200, {}, b'{"task_id": "ab', now=0.0)
+
+
+def test_both_async_answer_shapes_are_read() -> None:
+    assert read_submission({"task_id": "t1"}).task_id == "t1"
+    full = read_submission({"success": True, "task_id": "t2", "trace_id": "tr"})
+    assert (full.task_id, full.trace_id, full.result) == ("t2", "tr", None)
+    with pytest.raises(ProtocolError):
+        read_submission({"success": True})
+    with pytest.raises(BadRequestError):
+        read_submission({"success": False, "error": {"code": "bad_request", "message": "no"}})
+
+
+def test_a_held_open_answer_is_already_a_result() -> None:
+    sub = read_submission({
+        "success": True, "task_id": "t", "trace_id": "tr",
+        "data": [{"prompt": "p", "image_url": "https://c/1.png", "timings": 1752743801}],
+    })
+    assert sub.result is not None
+    assert sub.result.urls == ["https://c/1.png"]
+
+
+def test_read_task_success_keeps_unknown_fields() -> None:
+    task = read_task({
+        "id": "t", "created_at": 1.5, "finished_at": 9.5, "trace_id": "tr", "type": "images",
+        "response": {"success": True, "task_id": "t", "data": [
+            {"prompt": "p", "image_url": "https://c/1.png", "seed": "281520112",
+             "timings": {"inference": 3.1}, "nsfw": False},
+        ]},
+    })
+    assert task.status is TaskStatus.SUCCEEDED
+    assert (task.created_at, task.finished_at, task.trace_id) == (1.5, 9.5, "tr")
+    assert task.result is not None
+    image = task.result.images[0]
+    assert (image.url, image.seed) == ("https://c/1.png", "281520112")
+    assert image.timings == {"inference": 3.1}
+    assert image.raw["nsfw"] is False
+    assert task.raw["type"] == "images"
+
+
+def test_read_task_failure_carries_code_and_message() -> None:
+    task = read_task({"id": "t", "response": {"success": False,
+                      "error": {"code": "nsfw", "message": "refused"}}})
+    assert task.status is TaskStatus.FAILED
+    assert task.error is not None
+    assert (task.error.code, task.error.message) == ("nsfw", "refused")
+
+
+def test_unreadable_images_name_the_field() -> None:
+    with pytest.raises(ProtocolError, match="image_url"):
+        read_task({"id": "t", "response": {"success": True, "data": [{"prompt": "p"}]}})
+
+
+def test_read_batch_accepts_any_order_and_skips_junk() -> None:
+    items = read_batch({"items": [{"id": "b"}, "junk", {"id": "a"}], "count": 3})
+    assert [i["id"] for i in items] == ["b", "a"]
+    with pytest.raises(ProtocolError):
+        read_batch({"count": 0})
+
+
+def test_callback_bodies() -> None:
+    ok = read_result_body({"success": True, "task_id": "t", "trace_id": "tr",
+                           "data": [{"prompt": "p", "image_url": "https://c/1.png"}]})
+    assert ok.status is TaskStatus.SUCCEEDED
+    bad = read_result_body({"success": False, "task_id": "t",
+                            "error": {"code": "x", "message": "y"}})
+    assert bad.status is TaskStatus.FAILED

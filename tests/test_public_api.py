@@ -1,0 +1,50 @@
+"""The public surface is exactly what __all__ says, and the key never shows."""
+
+from __future__ import annotations
+
+import pytest
+
+import flux_async
+
+EXPECTED = {
+    "APIError", "AuthenticationError", "BadRequestError", "ClientClosedError",
+    "ConfigurationError", "ConnectError", "EditRequest", "FluxClient", "FluxError",
+    "GenerateRequest", "Image", "ImageRequest", "ImageResult", "InsufficientBalanceError",
+    "MapEvent", "MapProgress", "NetworkError", "NotFoundError", "Outcome", "ProtocolError",
+    "RateLimitError", "RequestTimeoutError", "ServerError", "SubmissionUncertainError", "Task",
+    "TaskError", "TaskErrorInfo", "TaskFailedError", "TaskStatus", "TaskTimeoutError",
+    "TransportError", "ValidationError", "__version__",
+}
+
+
+def test_all_is_exactly_the_public_surface() -> None:
+    assert set(flux_async.__all__) == EXPECTED
+    public = {name for name in vars(flux_async) if not name.startswith("_")}
+    assert public == EXPECTED - {"__version__"}
+
+
+def test_every_error_is_a_flux_error() -> None:
+    for name in flux_async.__all__:
+        obj = getattr(flux_async, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, flux_async.FluxError), name
+
+
+def test_missing_key_fails_before_any_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACEDATACLOUD_API_TOKEN", raising=False)
+    with pytest.raises(flux_async.ConfigurationError, match="ACEDATACLOUD_API_TOKEN"):
+        flux_async.FluxClient()
+
+
+def test_key_and_base_url_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACEDATACLOUD_API_TOKEN", "sk-env-secret-4242")
+    monkeypatch.setenv("FLUX_ASYNC_BASE_URL", "http://127.0.0.1:9/")
+    client = flux_async.FluxClient()
+    assert client.base_url == "http://127.0.0.1:9"
+    assert "sk-env-secret-4242" not in repr(client) + str(client)
+    assert "sk-env-secret-4242" not in repr(vars(client))  # not even in the attributes' reprs
+
+
+def test_the_default_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLUX_ASYNC_BASE_URL", raising=False)
+    assert flux_async.FluxClient("k").base_url == "https://api.acedata.cloud"
