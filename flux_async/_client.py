@@ -287,11 +287,17 @@ class FluxClient:
         self, request: ImageRequest, callback_url: str | None, deadline: float | None,
         timeout: float | None,
     ) -> Submission:
+        ticket = None
         with anyio.move_on_after(_remaining(deadline)) as scope:
-            await self.submit_limiter.acquire()
+            ticket = await self.submit_limiter.acquire()
         if scope.cancelled_caught:
             raise TaskTimeoutError(None, timeout)
-        data = await self._post(IMAGES_PATH, submit_body(request, callback_url=callback_url))
+        try:
+            data = await self._post(IMAGES_PATH, submit_body(request, callback_url=callback_url))
+        except RateLimitError as exc:
+            pause = self.submit_limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
+            log.warning("submission rate-limited (HTTP 429); pausing submissions %.1fs", pause)
+            raise
         return read_submission(data)
 
     async def _submit(
@@ -303,13 +309,12 @@ class FluxClient:
         while True:
             try:
                 submission = await self._submit_once(request, callback_url, deadline, timeout)
-            except RateLimitError as exc:
-                # A 429 created nothing: safe to re-send once the pause is over.
+            except RateLimitError:
+                # A 429 created nothing: safe to re-send once the pause (already
+                # recorded on the limiter) is over.
                 rate_limited += 1
                 if rate_limited > MAX_RATE_LIMIT_RETRIES:
                     raise
-                pause = self.submit_limiter.penalize(exc.retry_after, anyio.current_time())
-                log.warning("submission rate-limited (HTTP 429); pausing submissions %.1fs", pause)
             except (ConnectError, NetworkError, RequestTimeoutError, ProtocolError,
                     ServerError) as exc:
                 certain = isinstance(exc, ConnectError)
@@ -495,13 +500,13 @@ class FluxClient:
     async def _query(self, fetch: Callable[[], Awaitable[Any]]) -> Any:
         """A free task query, retried with backoff on failures that may pass."""
         for attempt in range(1, self.max_retries + 1):
-            await self.query_limiter.acquire()
+            ticket = await self.query_limiter.acquire()
             try:
                 return await fetch()
             except RateLimitError as exc:
+                self.query_limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
                 if attempt == self.max_retries:
                     raise
-                self.query_limiter.penalize(exc.retry_after, anyio.current_time())
             except (TransportError, ServerError):
                 if attempt == self.max_retries:
                     raise

@@ -51,6 +51,8 @@ class RateLimiter:
     MIN_SHARE = 0.1
     # Seconds without a 429 for the rate to climb back from the floor to the full rate.
     RECOVERY_SECONDS = 10.0
+    # No Retry-After is honoured beyond this: every wait stays bounded.
+    MAX_PAUSE = 120.0
 
     def __init__(self, rate: float | None, *, backoff: Backoff | None = None) -> None:
         if rate is not None and rate <= 0:
@@ -86,11 +88,12 @@ class RateLimiter:
             self._next_free = start + 1.0 / self._current
         return start - now
 
-    async def acquire(self) -> None:
-        """Wait for this caller's turn. Cancelling the wait gives up the turn.
+    async def acquire(self) -> int:
+        """Wait for this caller's turn; returns a ticket to hand back to ``penalize``.
 
         A 429 that arrives while callers wait for turns reserved before it sends
         them back in line behind the pause, instead of letting them fire into it.
+        Cancelling the wait gives up the turn.
         """
         while True:
             epoch = self._epoch
@@ -98,15 +101,29 @@ class RateLimiter:
             if delay > 0:
                 await anyio.sleep(delay)
             if epoch == self._epoch:
-                return
+                return epoch
 
-    def penalize(self, retry_after: float | None, now: float) -> float:
-        """Record a 429: pause every caller and halve the rate. Returns the pause."""
+    def penalize(self, retry_after: float | None, now: float, ticket: int | None = None) -> float:
+        """Record a 429: pause every caller and halve the rate. Returns the pause.
+
+        ``ticket`` is what ``acquire`` returned for the refused request. When a
+        penalty came after that request was let through, this 429 is an echo of
+        the same overload (requests already on the wire): it may lengthen the
+        pause but does not halve the rate or grow the backoff again.
+        """
+        echo = ticket is not None and ticket != self._epoch
+        if retry_after is not None:
+            pause = min(retry_after, self.MAX_PAUSE)
+        elif echo:
+            pause = max(0.0, self._paused_until - now)
+        else:
+            pause = self._backoff.delay(self._strikes + 1)
+        self._paused_until = max(self._paused_until, now + pause)
+        if echo:
+            return pause
         self._strikes += 1
         self._epoch += 1
         self._next_free = 0.0
-        pause = retry_after if retry_after is not None else self._backoff.delay(self._strikes)
-        self._paused_until = max(self._paused_until, now + pause)
         if self.rate is not None and self._current is not None:
             self._current = max(self.rate * self.MIN_SHARE, self._current / 2)
             self._last_change = max(self._last_change, now + pause)

@@ -224,10 +224,10 @@ class Poller:
                 for task_id in lost:
                     group.start_soon(self._poll_one, task_id)
 
-    def _transient(self, exc: FluxError) -> bool:
+    def _transient(self, exc: FluxError, ticket: int) -> bool:
         """Whether a failed query is to be asked again next round (and note 429s)."""
         if isinstance(exc, RateLimitError):
-            pause = self._limiter.penalize(exc.retry_after, anyio.current_time())
+            pause = self._limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
             log.warning("task queries rate-limited (HTTP 429); pausing them %.1fs", pause)
             return True
         if isinstance(exc, (TransportError, ServerError)):
@@ -242,11 +242,11 @@ class Poller:
                 self.fail(entry, error)
 
     async def _poll_chunk(self, task_ids: list[str]) -> None:
-        await self._limiter.acquire()
+        ticket = await self._limiter.acquire()
         try:
             items = await self._fetch_batch(task_ids)
         except FluxError as exc:
-            if self._transient(exc):
+            if self._transient(exc, ticket):
                 return
             if isinstance(exc, (AuthenticationError, InsufficientBalanceError)):
                 self._fail_all(task_ids, exc)
@@ -268,11 +268,11 @@ class Poller:
                 entry.missing = 0 if task_id in seen else entry.missing + 1
 
     async def _poll_one(self, task_id: str) -> None:
-        await self._limiter.acquire()
+        ticket = await self._limiter.acquire()
         try:
             item = await self._fetch_one(task_id)
         except FluxError as exc:
-            if not self._transient(exc) and (
+            if not self._transient(exc, ticket) and (
                 isinstance(exc, (NotFoundError, AuthenticationError, InsufficientBalanceError))
             ):
                 self._fail_all([task_id], exc)

@@ -268,7 +268,7 @@ async def test_a_session_passed_in_is_left_open(flux_server: LocalFluxServer) ->
     async with aiohttp.ClientSession() as session:
         async with client_for(flux_server, session=session) as client:
             await client.generate("a cat")
-        assert not session.closed
+        assert not session.closed  # checked between the two exits
 
 
 async def test_closing_leaves_no_tasks_and_fails_waiters(flux_server: LocalFluxServer) -> None:
@@ -283,12 +283,11 @@ async def test_closing_leaves_no_tasks_and_fails_waiters(flux_server: LocalFluxS
         except FluxError as exc:
             errors.append(exc)
 
-    async with anyio.create_task_group() as group:
-        async with client:
-            for _ in range(3):
-                group.start_soon(one)
-            while flux_server.stats.tasks_created < 3:
-                await anyio.sleep(0.01)
+    async with anyio.create_task_group() as group, client:
+        for _ in range(3):
+            group.start_soon(one)
+        while flux_server.stats.tasks_created < 3:
+            await anyio.sleep(0.01)
     assert len(errors) == 3
     assert type(errors[0]).__name__ == "ClientClosedError"
     assert asyncio.all_tasks() - before == set()

@@ -61,3 +61,22 @@ def test_without_retry_after_the_pause_is_the_backoff() -> None:
     assert 1.0 <= second <= 2.0
     limiter.succeeded()
     assert limiter.penalize(None, now=0.0) <= 1.0
+
+
+def test_echoes_of_one_overload_do_not_compound() -> None:
+    limiter = RateLimiter(10.0, backoff=Backoff(rng=random.Random(2)))
+    ticket = 0  # five requests let through before any 429: all hold epoch 0
+    first = limiter.penalize(None, now=0.0, ticket=ticket)
+    for _ in range(4):
+        limiter.penalize(None, now=0.0, ticket=ticket)
+    assert limiter.current_rate == 5.0  # halved once, not five times
+    assert 0.5 <= first <= 1.0
+    # A fresh overload after the pause is a new strike.
+    second = limiter.penalize(None, now=5.0, ticket=1)
+    assert limiter.current_rate == 2.5
+    assert 1.0 <= second <= 2.0
+
+
+def test_retry_after_is_capped() -> None:
+    limiter = RateLimiter(1.0)
+    assert limiter.penalize(10_000.0, now=0.0) == RateLimiter.MAX_PAUSE

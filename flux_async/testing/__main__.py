@@ -1,0 +1,104 @@
+"""Run the local Flux server standalone: ``python -m flux_async.testing --port 8000``.
+
+Benchmarks start it in a subprocess and parse the first line it prints::
+
+    flux_async.testing listening on http://127.0.0.1:PORT token=TOKEN
+
+then drive it over HTTP (``/_local/stats``, ``/_local/settings``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+
+from ._server import LocalFluxServer
+from ._settings import DEFAULT_TOKEN, ServerSettings
+
+__all__ = ["build_parser", "main", "serve"]
+
+
+async def serve(
+    settings: ServerSettings | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tokens: Sequence[str] = (DEFAULT_TOKEN,),
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[LocalFluxServer], object] | None = None,
+) -> None:
+    """Serve until ``stop`` is set, or until SIGINT/SIGTERM when ``stop`` is None.
+
+    Prints the ``listening on`` line (flushed) once the port is bound, then calls
+    ``on_ready(server)`` if given (e.g. for a CLI to run its own work against it).
+    """
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with suppress(NotImplementedError, RuntimeError):  # e.g. Windows
+                loop.add_signal_handler(sig, stop.set)
+    async with LocalFluxServer(settings, tokens=tokens, host=host, port=port) as server:
+        print(f"flux_async.testing listening on {server.url} token={server.token}", flush=True)
+        if on_ready is not None:
+            on_ready(server)
+        await stop.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of ``python -m flux_async.testing``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flux_async.testing",
+        description="Run a local server of the Ace Data Cloud Flux API.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument(
+        "--token", action="append", help=f"accepted token, repeatable (default {DEFAULT_TOKEN})"
+    )
+    parser.add_argument(
+        "--generation-time", nargs=2, type=float, metavar=("LO", "HI"), default=(1.0, 3.0)
+    )
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--max-in-flight", type=int)
+    parser.add_argument("--submit-rate", type=float)
+    parser.add_argument("--query-rate", type=float)
+    parser.add_argument("--callback-drop-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = ServerSettings(
+            generation_time=(args.generation_time[0], args.generation_time[1]),
+            failure_rate=args.failure_rate,
+            max_in_flight=args.max_in_flight,
+            submit_rate=args.submit_rate,
+            query_rate=args.query_rate,
+            callback_drop_rate=args.callback_drop_rate,
+            seed=args.seed,
+        )
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(
+            serve(settings, host=args.host, port=args.port, tokens=args.token or [DEFAULT_TOKEN])
+        )
+    except OSError as exc:
+        print(f"flux_async.testing: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # signal handlers unavailable on this platform
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
