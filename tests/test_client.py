@@ -152,14 +152,14 @@ async def test_failed_task_carries_id_code_and_message(flux_server: LocalFluxSer
 
 
 async def test_timeout_keeps_the_task_waitable() -> None:
-    async with LocalFluxServer(ServerSettings(generation_time=0.6, seed=3)) as server:
-        async with client_for(server) as client:
-            with pytest.raises(TaskTimeoutError) as info:
-                await client.generate("slow cat", timeout=0.1)
-            task_id = info.value.task_id
-            assert task_id is not None
-            assert client.in_flight == 0  # nobody waits: the slot is back
-            result = await client.wait(task_id, timeout=10)
+    settings = ServerSettings(generation_time=0.6, seed=3)
+    async with LocalFluxServer(settings) as server, client_for(server) as client:
+        with pytest.raises(TaskTimeoutError) as info:
+            await client.generate("slow cat", timeout=0.1)
+        task_id = info.value.task_id
+        assert task_id is not None
+        assert client.in_flight == 0  # nobody waits: the slot is back
+        result = await client.wait(task_id, timeout=10)
     assert result.task_id == task_id
     assert server.stats.tasks_created == 1
 
@@ -286,8 +286,7 @@ async def test_closing_leaves_no_tasks_and_fails_waiters(flux_server: LocalFluxS
     async with anyio.create_task_group() as group, client:
         for _ in range(3):
             group.start_soon(one)
-        while flux_server.stats.tasks_created < 3:
-            await anyio.sleep(0.01)
+        await eventually(lambda: flux_server.stats.tasks_created == 3)
     assert len(errors) == 3
     assert type(errors[0]).__name__ == "ClientClosedError"
     assert asyncio.all_tasks() - before == set()
