@@ -27,7 +27,7 @@ from flux_async import (
 )
 from flux_async.testing import Faults, LocalFluxServer, ServerSettings
 
-from .conftest import client_for
+from .conftest import client_for, eventually
 
 pytestmark = pytest.mark.anyio
 
