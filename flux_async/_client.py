@@ -20,6 +20,7 @@ import functools
 import logging
 import math
 import os
+import pathlib
 import time
 from collections.abc import (
     AsyncIterator,
@@ -36,6 +37,14 @@ from typing import Any
 import aiohttp
 import anyio
 
+from ._callbacks import CallbackBook, CallbackVerdict, adopt_early, judge
+from ._download import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DownloadTarget,
+    Fetcher,
+    download_images,
+    fetch_bytes,
+)
 from ._errors import (
     ClientClosedError,
     ConfigurationError,
@@ -55,6 +64,7 @@ from ._map import MapEvent, Requests, run_map
 from ._models import (
     EditRequest,
     GenerateRequest,
+    Image,
     ImageRequest,
     ImageResult,
     Outcome,
@@ -119,13 +129,20 @@ class FluxClient:
     - ``timeout`` (600 s): default deadline of ``generate``/``edit``/``wait``;
       ``None`` for none. ``request_timeout`` (60 s): one HTTP request.
     - ``max_retries`` (5): attempts at a submission that provably reached nobody
-      (connect errors), and at a ``get_task`` query.
+      (connect errors), and at a ``get_task`` query; ``retry_backoff`` (1 s) is
+      the first delay between them, doubling up to 16 s, with jitter. A 429 is
+      re-sent while the deadline allows (at most 30 times), after the pause the
+      service asked for (``Retry-After``) or the same backoff.
     - ``resend_uncertain`` (False): also re-send submissions whose fate is unknown
       (a reset or timeout after sending, a 5xx). Risk: the service may have
       created the first task too, and charges for both.
     - ``callback_url``: put on every submission; the poller then checks those
       tasks only every ``callback_poll_interval`` (30 s), as a fallback for lost
-      callbacks.
+      callbacks. Mount ``flux_async.web``'s receiver at that URL: a callback then
+      resolves its wait at once. Every callback URL handed out carries a token
+      (``flux_token=``) derived from ``callback_secret`` (random per client unless
+      given; give a stable one so callbacks arriving after a restart still
+      authenticate). See ``receive_callback``.
     - ``session``: an ``aiohttp.ClientSession`` to use; the client leaves it open.
     """
 
@@ -143,9 +160,11 @@ class FluxClient:
         timeout: float | None = 600.0,
         request_timeout: float = 60.0,
         max_retries: int = 5,
+        retry_backoff: float = 1.0,
         resend_uncertain: bool = False,
         callback_url: str | None = None,
         callback_poll_interval: float = 30.0,
+        callback_secret: str | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
@@ -159,6 +178,8 @@ class FluxClient:
             raise ConfigurationError("batch_size must be between 1 and 100")
         if max_retries < 1:
             raise ConfigurationError("max_retries must be at least 1")
+        if retry_backoff <= 0:
+            raise ConfigurationError("retry_backoff must be positive")
         if callback_url is not None:
             check_http_url("callback_url", callback_url)
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
@@ -168,6 +189,8 @@ class FluxClient:
         self.resend_uncertain = resend_uncertain
         self.callback_url = callback_url
         self.callback_poll_interval = callback_poll_interval
+        # Holds the callback secret; its repr hides it, like the key's headers.
+        self._callbacks = CallbackBook(callback_secret)
         # The key lives only inside these headers, which nothing prints.
         self._headers = request_headers(api_key)
         self._request_timeout = aiohttp.ClientTimeout(
@@ -177,7 +200,7 @@ class FluxClient:
         self._owns_session = session is None
         self._transport: Transport | None = None
         self._slots = anyio.Semaphore(max_concurrency)
-        self._backoff = Backoff()
+        self._backoff = Backoff(base=retry_backoff, cap=max(16.0, retry_backoff))
         self.submit_limiter = RateLimiter(submit_rate, backoff=self._backoff)
         self.query_limiter = RateLimiter(query_rate, backoff=self._backoff)
         self._poller = Poller(
@@ -351,11 +374,17 @@ class FluxClient:
             await self._slots.acquire()
         if scope.cancelled_caught:
             raise TaskTimeoutError(None, timeout)
+        nonce = None
+        if callback_url is not None:
+            nonce, callback_url = self._callbacks.issue(callback_url)
         try:
             submission = await self._submit(request, callback_url, deadline, timeout)
         except BaseException:
             self._slots.release()
+            self._callbacks.settle(nonce)
             raise
+        # A very fast task's callback may have come before this answer: it was held.
+        early = self._callbacks.settle(nonce)
         if on_submitted is not None:
             on_submitted(submission.task_id)
         if submission.result is not None:
@@ -364,9 +393,11 @@ class FluxClient:
         entry = self._poller.entry(submission.task_id)
         entry.release = self._slots.release
         entry.background = background
+        entry.request, entry.callback_nonce = request, nonce
         if callback_url is not None:
             entry.recheck = self.callback_poll_interval
             entry.not_before = anyio.current_time() + self.callback_poll_interval
+        adopt_early(self._poller, entry, early)
         return submission, entry
 
     async def _await(self, entry: Entry, deadline: float | None, timeout: float | None) -> Task:
@@ -496,6 +527,63 @@ class FluxClient:
                 found[task.id] = task
                 self._poller.resolve(task)
         return [found[i] for i in ids if i in found]
+
+    def receive_callback(
+        self, token: str | None, body: bytes | str | Mapping[str, Any]
+    ) -> CallbackVerdict:
+        """Apply a callback the service POSTed; answer it with ``verdict.status``.
+
+        ``token`` is the ``flux_token`` query parameter of the URL it was posted
+        to, ``body`` the raw body (or its parsed JSON). A callback for a task this
+        client waits on resolves the wait at once. ``flux_async.web`` does this for
+        aiohttp; call it from any other framework the same way (cap the body size
+        first). The rules, in order, are in ``CallbackVerdict``'s module; the short
+        form: bad token 403, not a result 400, contradicts the submission 409,
+        duplicate 200, unknown task 404 with ``kind == "unclaimed"``.
+        """
+        return judge(self._callbacks, self._poller, token, body)
+
+    async def _fetcher(self) -> Fetcher:
+        await self._start()
+        assert self._session is not None
+        read = self._request_timeout.total or 60.0
+        # No total: a large image on a slow link may take long; a stalled read may not.
+        timeout = aiohttp.ClientTimeout(sock_connect=min(10.0, read), sock_read=read)
+        return Fetcher(self._session, timeout, self.max_retries, self._backoff)
+
+    async def download(
+        self,
+        target: DownloadTarget,
+        directory: str | os.PathLike[str],
+        *,
+        prefix: str | None = None,
+        concurrency: int = 4,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        overwrite: bool = False,
+    ) -> list[pathlib.Path]:
+        """Save images to files under ``directory`` (created if missing); return the paths.
+
+        ``target`` is an ``ImageResult``, an ``Image`` or Images. Files are named
+        ``{prefix or task id or URL stem}-{index}{ext}``, reduced to safe
+        characters, ``ext`` from the content type. ``concurrency`` downloads run at
+        once; each is streamed to a temporary file and renamed when complete, so a
+        failed or cancelled download leaves nothing. Raises ``NotAnImageError``
+        (not ``image/*``), ``ImageTooLargeError`` (over ``max_bytes``), another
+        ``DownloadError`` (an HTTP error, or failures that outlasted the retries),
+        ``FileExistsError`` unless ``overwrite``. The first failure cancels the rest;
+        files already complete stay.
+        """
+        return await download_images(
+            await self._fetcher(), target, directory, prefix=prefix,
+            concurrency=concurrency, max_bytes=max_bytes, overwrite=overwrite,
+        )
+
+    async def fetch_image(
+        self, image: Image | str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    ) -> bytes:
+        """An image's bytes in memory; the same checks and retries as ``download``."""
+        url = image.url if isinstance(image, Image) else image
+        return await fetch_bytes(await self._fetcher(), url, max_bytes)
 
     async def _query(self, fetch: Callable[[], Awaitable[Any]]) -> Any:
         """A free task query, retried with backoff on failures that may pass."""
