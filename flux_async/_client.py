@@ -123,8 +123,8 @@ class FluxClient:
       ``/flux/images`` and ``/flux/tasks``; ``None`` for no limit. A 429 pauses
       and slows every request of that kind, then the rate recovers.
     - ``poll_interval`` (1 s): time between poll rounds; ``busy_poll_interval``
-      (0.25 s) when callers are queued for a slot, since then a finished task
-      noticed sooner is a slot freed sooner.
+      (0.25 s) while every slot is taken, since then a finished task noticed
+      sooner is a slot freed sooner.
     - ``batch_size`` (50): ids per ``retrieve_batch`` request.
     - ``timeout`` (600 s): default deadline of ``generate``/``edit``/``wait``;
       ``None`` for none. ``request_timeout`` (60 s): one HTTP request.
@@ -210,7 +210,8 @@ class FluxClient:
             spawn=self._spawn,
             interval=poll_interval,
             busy_interval=busy_poll_interval,
-            is_busy=lambda: self._slots.statistics().tasks_waiting > 0,
+            # Every slot taken: a finished task noticed sooner is a slot freed sooner.
+            is_busy=lambda: self._slots.value == 0,
             chunk_size=batch_size,
         )
         self._group: anyio.abc.TaskGroup | None = None
@@ -374,6 +375,8 @@ class FluxClient:
             await self._slots.acquire()
         if scope.cancelled_caught:
             raise TaskTimeoutError(None, timeout)
+        if self._slots.value == 0:
+            self._poller.wake()  # saturated: rounds now come every busy_poll_interval
         nonce = None
         if callback_url is not None:
             nonce, callback_url = self._callbacks.issue(callback_url)

@@ -34,7 +34,7 @@ from ._errors import (
     TransportError,
 )
 from ._limits import RateLimiter
-from ._models import Task, TaskStatus
+from ._models import ImageRequest, Task, TaskStatus
 from ._protocol import read_task, task_id_of
 from ._state import classify
 
@@ -63,12 +63,14 @@ class Entry:
 
     __slots__ = (
         "background",
+        "callback_nonce",
         "done",
         "error",
         "missing",
         "not_before",
         "recheck",
         "release",
+        "request",
         "task",
         "task_id",
         "waiters",
@@ -85,6 +87,10 @@ class Entry:
         self.done = anyio.Event()
         self.task: Task | None = None
         self.error: FluxError | None = None
+        # What this client submitted for the task (None when only waited on), and the
+        # nonce of the callback token issued with it: callbacks are checked against both.
+        self.request: ImageRequest | None = None
+        self.callback_nonce: str | None = None
 
     @property
     def followed(self) -> bool:
@@ -117,6 +123,7 @@ class Poller:
         self._entries: dict[str, Entry] = {}
         self.recent: OrderedDict[str, Task] = OrderedDict()
         self._running = False
+        self._wakeup = anyio.Event()
         self.batch_supported = True
         self.rounds = 0
         self.closed = False
@@ -135,6 +142,10 @@ class Poller:
             self._running = True
             self._spawn(self._run)
         return entry
+
+    def find(self, task_id: str) -> Entry | None:
+        """The entry of a task being followed, if any (nothing is created)."""
+        return self._entries.get(task_id)
 
     def leave(self, entry: Entry) -> None:
         """A waiter stopped waiting; drop the entry if nobody needs it any more."""
@@ -184,12 +195,23 @@ class Poller:
 
     # --- rounds ----------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Busyness may have changed: re-evaluate the time until the next round now."""
+        self._wakeup.set()
+
     async def _run(self) -> None:
         try:
             last_round = anyio.current_time()
             while self._entries and not self.closed:
                 interval = self.busy_interval if self._is_busy() else self.interval
-                await anyio.sleep(max(0.0, last_round + interval - anyio.current_time()))
+                remaining = last_round + interval - anyio.current_time()
+                if remaining > 0:
+                    # Sleep, but let wake() cut it short: busyness measured right
+                    # after a round (which just freed slots) goes stale quickly.
+                    self._wakeup = anyio.Event()
+                    with anyio.move_on_after(remaining):
+                        await self._wakeup.wait()
+                    continue
                 last_round = now = anyio.current_time()
                 due = [
                     e.task_id
