@@ -4,9 +4,12 @@
 ...     result = await client.generate("a white siamese cat")
 ...     print(result.urls)
 
-Everything public is re-exported here; the modules behind it are private.
+Everything public is re-exported here; the modules behind it are private, except
+``flux_async.web`` (the aiohttp.web callback receiver, imported on demand) and
+``flux_async.testing`` (a local server of the API).
 """
 
+from ._callbacks import CallbackVerdict
 from ._client import FluxClient
 from ._errors import (
     APIError,
@@ -15,9 +18,12 @@ from ._errors import (
     ClientClosedError,
     ConfigurationError,
     ConnectError,
+    DownloadError,
     FluxError,
+    ImageTooLargeError,
     InsufficientBalanceError,
     NetworkError,
+    NotAnImageError,
     NotFoundError,
     ProtocolError,
     RateLimitError,
@@ -49,9 +55,11 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "CallbackVerdict",
     "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
+    "DownloadError",
     "EditRequest",
     "FluxClient",
     "FluxError",
@@ -59,10 +67,12 @@ __all__ = [
     "Image",
     "ImageRequest",
     "ImageResult",
+    "ImageTooLargeError",
     "InsufficientBalanceError",
     "MapEvent",
     "MapProgress",
     "NetworkError",
+    "NotAnImageError",
     "NotFoundError",
     "Outcome",
     "ProtocolError",

@@ -21,6 +21,9 @@ translates them once, with ``raise ... from`` so the original stays on
     │   ├── RateLimitError          429, with retry_after when the service gave one
     │   └── ServerError             5xx, including gateway pages that are not JSON
     ├── SubmissionUncertainError    a paid submission whose fate is unknown: not re-sent
+    ├── DownloadError               an image could not be fetched or saved: url, status
+    │   ├── NotAnImageError         the answer's content type is not image/*
+    │   └── ImageTooLargeError      the body is over max_bytes (nothing is kept)
     └── TaskError                   about one task, carries task_id
         ├── TaskFailedError         the service says the task failed: code, message
         └── TaskTimeoutError        the deadline passed; the task may still finish
@@ -41,9 +44,12 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
+    "DownloadError",
     "FluxError",
+    "ImageTooLargeError",
     "InsufficientBalanceError",
     "NetworkError",
+    "NotAnImageError",
     "NotFoundError",
     "ProtocolError",
     "RateLimitError",
@@ -190,6 +196,39 @@ class SubmissionUncertainError(FluxError):
         super().__init__(message)
         self.request = request
         self.trace_id = trace_id
+
+
+class DownloadError(FluxError):
+    """An image could not be downloaded (or saved); nothing partial is left on disk.
+
+    ``url`` is the image's URL; ``status`` the HTTP status when an answer came
+    (``None`` for a connection failure, whose cause is on ``__cause__``). GETs
+    are retried on 5xx, 429 and broken connections before this is raised.
+    """
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class NotAnImageError(DownloadError):
+    """The answer's content type is not ``image/*`` (an HTML error page, JSON...)."""
+
+    def __init__(self, url: str, content_type: str, *, status: int) -> None:
+        super().__init__(
+            f"{url} answered {content_type or 'no content type'}, not an image",
+            url=url, status=status,
+        )
+        self.content_type = content_type
+
+
+class ImageTooLargeError(DownloadError):
+    """The body is larger than ``max_bytes`` (announced or while streaming)."""
+
+    def __init__(self, url: str, max_bytes: int, *, status: int) -> None:
+        super().__init__(f"{url} is larger than {max_bytes} bytes", url=url, status=status)
+        self.max_bytes = max_bytes
 
 
 class TaskError(FluxError):

@@ -16,6 +16,8 @@ EXPECTED = {
     "RateLimitError", "RequestTimeoutError", "ServerError", "SubmissionUncertainError", "Task",
     "TaskError", "TaskErrorInfo", "TaskFailedError", "TaskStatus", "TaskTimeoutError",
     "TransportError", "ValidationError", "__version__",
+    # web servers: callbacks and downloads
+    "CallbackVerdict", "DownloadError", "ImageTooLargeError", "NotAnImageError",
 }
 
 

@@ -1,0 +1,232 @@
+"""Callbacks without a web framework: the tokens on callback URLs, and what a post means.
+
+The service cannot sign its callbacks, so the URL is the only credential. Every
+callback URL this client hands out carries ``flux_token=<nonce>.<mac>``: a fresh
+random nonce per submission and an HMAC-SHA256 of it under the client's
+``callback_secret``. Why per submission and derived rather than one per-client
+secret:
+
+* A URL that leaks (a proxy's access log, the vendor's task list) opens one task,
+  not all of them: a task followed by this client only accepts the token that was
+  issued for its own submission.
+* The tokens need no storage to check: after a restart a client given the same
+  ``callback_secret`` still recognises its tokens, so late callbacks can reach the
+  ``on_unclaimed`` hook instead of being refused.
+* The nonce names the submission before its task id exists, which is what lets a
+  callback that outruns the submission's own answer be kept for it (below).
+
+What ``judge`` decides, in order (the first that applies answers):
+
+1. token missing or wrong (constant-time check) -> 403; nothing else is looked at.
+2. body not JSON, or not a final result's shape (``success`` bool; ``data`` a list
+   of images, or an ``error`` object) -> 400.
+3. the task is followed by this client: if this client submitted it, a token
+   issued for another submission -> 403 and a submission without a callback URL
+   -> 409 (a task followed through ``wait(id)`` alone, e.g. after a restart,
+   accepts any token of this client); images with another prompt than submitted
+   -> 409; otherwise the wait resolves -> 200 ``resolved``.
+4. the task already resolved here: same outcome -> 200 ``duplicate``; another
+   outcome -> 409. Either way nothing changes.
+5. the token's submission is still waiting for its answer (a very fast task) ->
+   kept until the answer comes, one per submission -> 200 ``held``.
+6. anything else -> 404 ``unclaimed`` (a receiver hands it to its hook instead).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import attrs
+
+from ._errors import ConfigurationError, ProtocolError
+from ._models import ImageRequest, Task, TaskStatus
+from ._poller import Entry, Poller
+from ._protocol import read_result_body
+from ._wire import structure_images
+
+__all__ = [
+    "MAX_CALLBACK_BYTES",
+    "TOKEN_PARAM",
+    "CallbackBook",
+    "CallbackVerdict",
+    "adopt_early",
+    "judge",
+]
+
+TOKEN_PARAM = "flux_token"
+#: A callback body is a few KB; this is the default cap of a receiver.
+MAX_CALLBACK_BYTES = 256 * 1024
+_MAX_TOKEN = 128
+
+CallbackKind = Literal["resolved", "held", "duplicate", "unclaimed", "rejected"]
+
+
+@attrs.frozen
+class CallbackVerdict:
+    """What a posted callback did, and the HTTP status to answer it with.
+
+    ``kind``: ``resolved`` (settled a task this client follows), ``held`` (came
+    before its submission's answer; settles it when that comes), ``duplicate``
+    (already settled the same way), ``unclaimed`` (authentic, but this client
+    does not follow the task: 404 unless a hook takes it), ``rejected`` (4xx,
+    changed nothing). ``task`` is the posted result when it could be read.
+    """
+
+    status: int
+    kind: CallbackKind
+    reason: str
+    task: Task | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status < 400
+
+
+class CallbackBook:
+    """Issues and checks callback tokens; keeps callbacks that beat their submission."""
+
+    def __init__(self, secret: str | None = None) -> None:
+        if secret is not None and len(secret) < 16:
+            raise ConfigurationError("callback_secret must be at least 16 characters")
+        self._key = (secret if secret is not None else secrets.token_urlsafe(32)).encode()
+        # nonce -> the callback that came before the submission's answer, if any.
+        # One slot per submission in flight: bounded by the client's max_concurrency.
+        self._in_flight: dict[str, Task | None] = {}
+
+    def __repr__(self) -> str:
+        return "<CallbackBook>"  # never the key
+
+    def _mac(self, nonce: str) -> bytes:
+        digest = hmac.new(self._key, nonce.encode(), hashlib.sha256).digest()[:24]
+        return base64.urlsafe_b64encode(digest)
+
+    def issue(self, url: str) -> tuple[str, str]:
+        """A new nonce and ``url`` with its token; ``settle(nonce)`` must follow."""
+        nonce = secrets.token_urlsafe(12)
+        self._in_flight[nonce] = None
+        token = f"{nonce}.{self._mac(nonce).decode()}"
+        parts = urlsplit(url)
+        query = "&".join(q for q in (parts.query, urlencode({TOKEN_PARAM: token})) if q)
+        return nonce, urlunsplit(parts._replace(query=query))
+
+    def verify(self, token: str | None) -> str | None:
+        """The token's nonce if this client issued it, else None (constant time)."""
+        if not token or len(token) > _MAX_TOKEN or not token.isascii():
+            return None
+        nonce, _, mac = token.partition(".")
+        ok = hmac.compare_digest(mac.encode(), self._mac(nonce))
+        return nonce if ok and nonce else None
+
+    def hold(self, nonce: str, task: Task) -> bool:
+        """Keep a callback for a submission still waiting for its answer."""
+        if nonce not in self._in_flight:
+            return False
+        held = self._in_flight[nonce]
+        if held is None:
+            self._in_flight[nonce] = task
+            return True
+        return held.id == task.id
+
+    def settle(self, nonce: str | None) -> Task | None:
+        """The submission of ``nonce`` got its answer: stop holding, return what came."""
+        return None if nonce is None else self._in_flight.pop(nonce, None)
+
+
+def _reject(status: int, reason: str, task: Task | None = None) -> CallbackVerdict:
+    return CallbackVerdict(status, "rejected", reason, task)
+
+
+def _read(body: bytes | str | Mapping[str, Any]) -> Task | str:
+    """The posted result, or why it is not one."""
+    if isinstance(body, Mapping):
+        payload: Any = body
+    else:
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            return "the body is not JSON"
+    if not isinstance(payload, Mapping):
+        return "the body is not a JSON object"
+    success = payload.get("success")
+    if not isinstance(success, bool):
+        return "success must be true or false"
+    try:
+        if success:
+            data = payload.get("data")
+            if not isinstance(data, list) or not data:
+                return "a successful result needs a non-empty data list"
+            structure_images(data)
+        elif not isinstance(payload.get("error"), Mapping):
+            return "a failed result needs an error object"
+        task = read_result_body(payload)
+    except ProtocolError as exc:
+        return str(exc)
+    if task.status is TaskStatus.PENDING:  # e.g. a status word saying "processing"
+        return "not a final result"
+    return task
+
+
+def _conflict(request: ImageRequest | None, task: Task) -> str | None:
+    """How ``task`` contradicts what was submitted, if it does."""
+    if request is None or task.result is None:
+        return None
+    for image in task.result.images:
+        if isinstance(image.prompt, str) and image.prompt != request.prompt:
+            return "the images are for another prompt than the one submitted"
+    return None
+
+
+def _same(known: Task, task: Task) -> bool:
+    if known.status is not task.status:
+        return False
+    if known.result is not None and task.result is not None:
+        return known.result.urls == task.result.urls
+    known_code = known.error.code if known.error else None
+    return known_code == (task.error.code if task.error else None)
+
+
+def judge(
+    book: CallbackBook, poller: Poller, token: str | None, body: bytes | str | Mapping[str, Any]
+) -> CallbackVerdict:
+    """Apply one posted callback; see the module docstring for the rules."""
+    nonce = book.verify(token)
+    if nonce is None:
+        return _reject(403, "missing or wrong callback token")
+    task = _read(body)
+    if isinstance(task, str):
+        return _reject(400, task)
+    entry = poller.find(task.id)
+    if entry is not None:
+        if entry.request is not None:
+            if entry.callback_nonce is None:
+                return _reject(409, "the task was not submitted with a callback URL", task)
+            if not hmac.compare_digest(entry.callback_nonce.encode(), nonce.encode()):
+                return _reject(403, "the token was issued for another task", task)
+        conflict = _conflict(entry.request, task)
+        if conflict is not None:
+            return _reject(409, conflict, task)
+        poller.resolve(task)
+        return CallbackVerdict(200, "resolved", "the task's wait is resolved", task)
+    known = poller.recent.get(task.id)
+    if known is not None:
+        if _same(known, task):
+            return CallbackVerdict(200, "duplicate", "already resolved the same way", task)
+        return _reject(409, "contradicts the result already received", task)
+    if book.hold(nonce, task):
+        return CallbackVerdict(200, "held", "kept for a submission awaiting its answer", task)
+    return CallbackVerdict(404, "unclaimed", "no task of this client has that id", task)
+
+
+def adopt_early(poller: Poller, entry: Entry, early: Task | None) -> None:
+    """Settle a new entry with a callback that arrived before its submission's answer."""
+    if early is None or early.id != entry.task_id:
+        return  # a token's callback for another task id: not this submission's result
+    if _conflict(entry.request, early) is None:
+        poller.resolve(early)

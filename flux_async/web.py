@@ -1,0 +1,180 @@
+"""Receive the service's callbacks in your own aiohttp.web application.
+
+Mount the receiver where ``FluxClient(callback_url=...)`` points, and store the
+client on the app under ``FLUX_CLIENT`` (aiohttp's ``AppKey`` convention; the
+receiver finds it through ``request.config_dict``, so sub-apps work too)::
+
+    from aiohttp import web
+    from flux_async import FluxClient
+    from flux_async.web import FLUX_CLIENT, add_callback_route
+
+    async def flux(app: web.Application):
+        async with FluxClient(callback_url="https://example.com/flux/callback") as client:
+            app[FLUX_CLIENT] = client
+            yield
+
+    app = web.Application()
+    add_callback_route(app, "/flux/callback")
+    app.cleanup_ctx.append(flux)
+
+Or as a sub-app: ``app.add_subapp("/flux/callback", callback_app())`` answers at
+``/flux/callback/``.
+
+A callback for a task the client waits on resolves the wait at once; the poller
+still checks callback-mode tasks every ``callback_poll_interval``, so a lost
+callback costs latency, never a result.
+
+**Callbacks without a waiter.** A callback whose token is valid but whose task
+this client does not follow (nothing waits on it, nothing in flight claims it:
+typically after a restart, or another worker's task) is *unclaimed*. With an
+``on_unclaimed`` hook the receiver hands it the parsed ``Task`` and answers 200
+(500 if the hook raises, so the service may retry); without one it answers 404.
+The token proves the post came from a URL this client (or one with the same
+``callback_secret``) handed out, not that the content is true: confirm with
+``client.get_task(task.id)`` before acting on an unclaimed result that matters.
+
+**Logs.** The token travels in the query string, which aiohttp's default access
+log prints: log ``request.path`` instead (``examples/web_service.py`` shows an
+access logger doing so). Tokens are per submission, so one that leaks opens no
+other task this client follows, but it does authenticate unclaimed posts.
+
+**Answers.** 403 missing or wrong token (also a token issued for another of this
+client's tasks), 413 a body over ``max_body`` (by ``Content-Length`` or while
+reading), 400 not JSON or not a result's shape, 409 contradicts what was submitted
+(or the result already received), 404 unclaimed without a hook, 200 accepted or a
+harmless duplicate. A rejected post changes nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ._callbacks import MAX_CALLBACK_BYTES, TOKEN_PARAM, CallbackVerdict
+from ._client import FluxClient
+from ._models import Task
+
+__all__ = [
+    "CALLBACK_RECEIVER",
+    "FLUX_CLIENT",
+    "TOKEN_PARAM",
+    "CallbackReceiver",
+    "CallbackVerdict",
+    "UnclaimedHook",
+    "add_callback_route",
+    "callback_app",
+]
+
+log = logging.getLogger("flux_async")
+
+UnclaimedHook = Callable[[Task], Awaitable[None] | None]
+
+#: Where the receiver looks for its client (through sub-apps too) when not given one.
+FLUX_CLIENT = web.AppKey("flux_async.client", FluxClient)
+
+
+class CallbackReceiver:
+    """The aiohttp handler of callbacks: ``handle`` is the route's handler.
+
+    ``client`` is the ``FluxClient`` the callbacks belong to; when ``None`` it is
+    looked up as ``request.config_dict[FLUX_CLIENT]`` at each request, so the
+    route can be mounted before the client exists (it is created at startup).
+    ``counts`` tallies the verdicts (``resolved``, ``held``, ``duplicate``,
+    ``unclaimed``, ``rejected``) for metrics and tests.
+    """
+
+    def __init__(
+        self,
+        client: FluxClient | None = None,
+        *,
+        on_unclaimed: UnclaimedHook | None = None,
+        max_body: int = MAX_CALLBACK_BYTES,
+    ) -> None:
+        if max_body < 1:
+            raise ValueError("max_body must be positive")
+        self.client = client
+        self.on_unclaimed = on_unclaimed
+        self.max_body = max_body
+        self.counts: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"<CallbackReceiver max_body={self.max_body} counts={dict(self.counts)}>"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        client = self.client if self.client is not None else request.config_dict.get(FLUX_CLIENT)
+        if client is None:
+            return _answer(503, "rejected", "no FluxClient is attached to this app yet")
+        body = await self._read(request)
+        if body is None:
+            self.counts["rejected"] += 1
+            return _answer(413, "rejected", f"the body is over {self.max_body} bytes")
+        verdict = client.receive_callback(request.query.get(TOKEN_PARAM), body)
+        if verdict.kind == "unclaimed" and self.on_unclaimed is not None:
+            assert verdict.task is not None
+            try:
+                outcome = self.on_unclaimed(verdict.task)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception("the on_unclaimed hook failed for task %s", verdict.task.id)
+                self.counts["hook_failed"] += 1
+                return _answer(500, "unclaimed", "the hook failed")
+            self.counts["unclaimed"] += 1
+            return _answer(200, "unclaimed", "handed to the on_unclaimed hook")
+        self.counts[verdict.kind] += 1
+        if not verdict.accepted:
+            log.info("callback refused (%d): %s", verdict.status, verdict.reason)
+        return _answer(verdict.status, verdict.kind, verdict.reason)
+
+    async def _read(self, request: web.Request) -> bytes | None:
+        """The body, or None when it is over the cap (read no further than the cap)."""
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            return None
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > self.max_body:
+                return None
+        return bytes(body)
+
+
+#: Where ``add_callback_route`` and ``callback_app`` leave their receiver.
+CALLBACK_RECEIVER = web.AppKey("flux_async.callback_receiver", CallbackReceiver)
+
+
+def _answer(status: int, kind: str, reason: str) -> web.Response:
+    body = json.dumps({"ok": status < 400, "result": kind, "reason": reason})
+    return web.Response(status=status, text=body, content_type="application/json")
+
+
+def add_callback_route(
+    app: web.Application,
+    path: str = "/flux/callback",
+    client: FluxClient | None = None,
+    *,
+    on_unclaimed: UnclaimedHook | None = None,
+    max_body: int = MAX_CALLBACK_BYTES,
+) -> CallbackReceiver:
+    """Add ``POST path`` to ``app``; the receiver is also ``app[CALLBACK_RECEIVER]``."""
+    receiver = CallbackReceiver(client, on_unclaimed=on_unclaimed, max_body=max_body)
+    app.router.add_post(path, receiver.handle)
+    app[CALLBACK_RECEIVER] = receiver
+    return receiver
+
+
+def callback_app(
+    client: FluxClient | None = None,
+    *,
+    on_unclaimed: UnclaimedHook | None = None,
+    max_body: int = MAX_CALLBACK_BYTES,
+) -> web.Application:
+    """A sub-app receiving callbacks at its root: ``app.add_subapp("/flux/callback", ...)``."""
+    sub = web.Application()
+    add_callback_route(sub, "/", client, on_unclaimed=on_unclaimed, max_body=max_body)
+    return sub

@@ -1,0 +1,211 @@
+"""Downloads over real sockets: the local server's PNGs, and small handlers for the odd cases."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from aiohttp import web
+
+from flux_async import (
+    DownloadError,
+    FluxClient,
+    Image,
+    ImageResult,
+    ImageTooLargeError,
+    NotAnImageError,
+    ValidationError,
+)
+from flux_async.testing import LocalFluxServer
+
+from .conftest import client_for, eventually
+
+pytestmark = pytest.mark.anyio
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR, which must be its first chunk."""
+    assert data[:8] == PNG
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR"
+    assert length == 13
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def odd_server() -> AsyncIterator[tuple[str, dict[str, int]]]:
+    """Answers the local server cannot give: HTML, huge, slow, failing-then-fine."""
+    hits: dict[str, int] = {}
+    png = b"".join([PNG, struct.pack(">I4sII5B", 13, b"IHDR", 8, 8, 8, 2, 0, 0, 0), b"\0" * 64])
+    forever = anyio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        hits[name] = hits.get(name, 0) + 1
+        if name == "page.png":
+            return web.Response(text="<html>Access denied</html>", content_type="text/html")
+        if name == "big.png":  # announced too large
+            return web.Response(body=b"\0" * 2048, content_type="image/png")
+        if name == "missing.png":
+            return web.Response(status=404, text="gone")
+        if name in ("flaky.png", "reset.png") and hits[name] == 1:
+            if name == "reset.png":
+                assert request.transport is not None
+                request.transport.abort()
+            return web.Response(status=503, text="try again")
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        if name in ("endless.png", "stalled.png"):  # chunked: no Content-Length
+            await response.write(png + b"\0" * 100_000)  # more than any write buffer
+            try:
+                while name == "endless.png":
+                    await response.write(b"\0" * 4096)
+            except ConnectionResetError:  # the client gave up, as it should
+                return response
+            await forever.wait()  # stalled: the download is cancelled while here
+        await response.write(png)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{name}", handler)
+    async with serve(app) as base:
+        try:
+            yield base, hits
+        finally:
+            forever.set()
+
+
+async def test_real_pngs_land_on_disk(flux_server: LocalFluxServer, tmp_path: Path) -> None:
+    async with client_for(flux_server) as client:
+        result = await client.generate("a white siamese cat", count=3)
+        paths = await client.download(result, tmp_path / "new" / "dir")
+        in_memory = await client.fetch_image(result.images[1])
+        by_url = await client.fetch_image(result.urls[2])
+    assert [p.name for p in paths] == [f"{result.task_id}-{i}.png" for i in range(3)]
+    assert files(tmp_path / "new" / "dir") == sorted(p.name for p in paths)  # no leftovers
+    for path in paths:
+        assert png_size(path.read_bytes()) == (64, 64)
+    assert in_memory == paths[1].read_bytes()
+    assert by_url == paths[2].read_bytes()
+    assert len({p.read_bytes() for p in paths}) == 3
+
+
+async def test_names_prefix_overwrite(flux_server: LocalFluxServer, tmp_path: Path) -> None:
+    async with client_for(flux_server) as client:
+        result = await client.generate("a cat", count=2)
+        first = await client.download(result, tmp_path, prefix="../../etc/cats")
+        assert [p.name for p in first] == ["etc_cats-0.png", "etc_cats-1.png"]
+        with pytest.raises(FileExistsError):
+            await client.download(result, tmp_path, prefix="../../etc/cats")
+        again = await client.download(result.images[0], tmp_path, overwrite=True,
+                                      prefix="etc_cats")
+    assert again == [first[0]]
+    assert files(tmp_path) == ["etc_cats-0.png", "etc_cats-1.png"]
+
+
+async def test_names_from_hostile_urls_stay_inside(tmp_path: Path) -> None:
+    async with odd_server() as (base, _), FluxClient("k", base_url=base) as client:
+        images = [Image(f"{base}/..%2F..%2Fescape.png"), Image(f"{base}/..%5C..%5Cnul.png"),
+                  Image(f"{base}/plain.png"), Image(f"{base}/plain.png")]
+        paths = await client.download(images, tmp_path / "out")
+    assert [p.name for p in paths] == ["escape-0.png", "image_nul-1.png", "plain-2.png",
+                                       "plain-3.png"]
+    assert all(p.parent == tmp_path / "out" for p in paths)
+    assert files(tmp_path) == ["out"]
+
+
+async def test_a_cancelled_download_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    async with odd_server() as (base, _), FluxClient("k", base_url=base) as client:
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.download, Image(f"{base}/stalled.png"), target)
+            # The first bytes are in the temporary file: the download is mid-stream.
+            await eventually(lambda: any(p.stat().st_size > 0 for p in target.glob(".*.part")))
+            group.cancel_scope.cancel()
+    assert files(target) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "max_bytes"),
+    [
+        ("page.png", NotAnImageError, 10_000),
+        ("big.png", ImageTooLargeError, 1024),  # by Content-Length
+        ("endless.png", ImageTooLargeError, 100_000),  # while streaming
+        ("missing.png", DownloadError, 10_000),
+    ],
+)
+async def test_refused_answers_are_typed_and_leave_nothing(
+    tmp_path: Path, name: str, error: type[DownloadError], max_bytes: int
+) -> None:
+    async with odd_server() as (base, hits), FluxClient("k", base_url=base) as client:
+        with pytest.raises(error) as info:
+            await client.download(Image(f"{base}/{name}"), tmp_path, max_bytes=max_bytes)
+        with pytest.raises(error):
+            await client.fetch_image(f"{base}/{name}", max_bytes=max_bytes)
+    assert type(info.value) is error
+    assert info.value.url == f"{base}/{name}"
+    assert files(tmp_path) == []
+    assert hits[name] == 2  # one GET each: a 4xx or a refused body is not retried
+    if error is NotAnImageError:
+        assert info.value.content_type == "text/html"  # type: ignore[attr-defined]
+    if name == "missing.png":
+        assert info.value.status == 404
+
+
+@pytest.mark.parametrize("name", ["flaky.png", "reset.png"])
+async def test_5xx_and_resets_are_retried(tmp_path: Path, name: str) -> None:
+    async with odd_server() as (base, hits):
+        async with FluxClient("k", base_url=base, retry_backoff=0.01) as client:
+            paths = await client.download(Image(f"{base}/{name}"), tmp_path)
+    assert hits[name] == 2
+    assert png_size(paths[0].read_bytes()) == (8, 8)
+    assert files(tmp_path) == ["flaky-0.png" if name == "flaky.png" else "reset-0.png"]
+
+
+async def test_retries_give_up_with_a_download_error(tmp_path: Path) -> None:
+    async with serve(web.Application()) as base:
+        pass  # nothing listens there any more
+    async with FluxClient("k", base_url=base, retry_backoff=0.01, max_retries=2) as client:
+        with pytest.raises(DownloadError) as info:
+            await client.download(Image(f"{base}/x.png"), tmp_path)
+    assert info.value.status is None
+    assert info.value.__cause__ is not None
+    assert files(tmp_path) == []
+
+
+async def test_bad_input_is_refused_before_any_request(tmp_path: Path) -> None:
+    client = FluxClient("k", base_url="http://127.0.0.1:9")
+    async with client:
+        with pytest.raises(ValidationError):
+            await client.download(Image("file:///etc/passwd"), tmp_path)
+        with pytest.raises(ValidationError):
+            await client.download(Image("http://127.0.0.1:9/x.png"), tmp_path, concurrency=0)
+        with pytest.raises(TypeError):
+            await client.download(["http://127.0.0.1:9/x.png"], tmp_path)  # type: ignore[list-item]
+        empty = ImageResult("t", None, ())
+        assert await client.download(empty, tmp_path) == []
