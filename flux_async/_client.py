@@ -120,10 +120,11 @@ class FluxClient:
 
     - ``max_concurrency`` (10): generations in flight at once.
     - ``submit_rate`` (5/s) and ``query_rate`` (30/s): requests per second to
-      ``/flux/images`` and ``/flux/tasks``; ``None`` for no limit. A 429 pauses
+      ``/flux/images`` and ``/flux/tasks``; ``None`` for no limit. Queries may
+      come in bursts of up to a second's worth (a poll round at once). A 429 pauses
       and slows every request of that kind, then the rate recovers.
     - ``poll_interval`` (1 s): time between poll rounds; ``busy_poll_interval``
-      (0.25 s) while every slot is taken, since then a finished task noticed
+      (0.2 s) while every slot is taken, since then a finished task noticed
       sooner is a slot freed sooner.
     - ``batch_size`` (50): ids per ``retrieve_batch`` request.
     - ``timeout`` (600 s): default deadline of ``generate``/``edit``/``wait``;
@@ -155,7 +156,7 @@ class FluxClient:
         submit_rate: float | None = 5.0,
         query_rate: float | None = 30.0,
         poll_interval: float = 1.0,
-        busy_poll_interval: float = 0.25,
+        busy_poll_interval: float = 0.2,
         batch_size: int = 50,
         timeout: float | None = 600.0,
         request_timeout: float = 60.0,
@@ -202,7 +203,10 @@ class FluxClient:
         self._slots = anyio.Semaphore(max_concurrency)
         self._backoff = Backoff(base=retry_backoff, cap=max(16.0, retry_backoff))
         self.submit_limiter = RateLimiter(submit_rate, backoff=self._backoff)
-        self.query_limiter = RateLimiter(query_rate, backoff=self._backoff)
+        # Queries are free: a poll round's chunks may go out together, up to a
+        # second's worth; paid submissions never burst.
+        burst = max(1, int(query_rate)) if query_rate is not None else 1
+        self.query_limiter = RateLimiter(query_rate, burst=burst, backoff=self._backoff)
         self._poller = Poller(
             fetch_batch=self._fetch_batch,
             fetch_one=self._fetch_one,

@@ -44,6 +44,8 @@ class Backoff:
 class RateLimiter:
     """At most ``rate`` requests per second, slowed down by ``penalize`` on a 429.
 
+    ``burst`` requests may go back to back after a quiet spell (then the rate
+    holds again): in any one-second window at most ``burst + rate`` go out.
     ``rate=None`` means no limit (``acquire`` returns at once unless penalised).
     """
 
@@ -54,10 +56,15 @@ class RateLimiter:
     # No Retry-After is honoured beyond this: every wait stays bounded.
     MAX_PAUSE = 120.0
 
-    def __init__(self, rate: float | None, *, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self, rate: float | None, *, burst: int = 1, backoff: Backoff | None = None
+    ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive or None")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
         self.rate = rate
+        self.burst = burst
         self._current = rate
         self._next_free = 0.0  # earliest start time the next caller may have
         self._paused_until = 0.0
@@ -80,12 +87,19 @@ class RateLimiter:
         self._current = min(self.rate, self._current + gained)
         self._last_change = now
 
+    def _slack(self) -> float:
+        """How far ahead of the steady pace a burst may run, in seconds."""
+        return 0.0 if self._current is None else (self.burst - 1) / self._current
+
     def reserve(self, now: float) -> float:
         """Reserve a start time for one request; returns the seconds to wait for it."""
         self._recover(now)
-        start = max(now, self._paused_until, self._next_free)
+        start = max(now, self._paused_until)
         if self._current is not None:
-            self._next_free = start + 1.0 / self._current
+            # _next_free is the steady-pace time of the next request; a burst may
+            # run up to _slack() ahead of it.
+            start = max(start, self._next_free - self._slack())
+            self._next_free = max(self._next_free, start) + 1.0 / self._current
         return start - now
 
     async def acquire(self) -> int:
@@ -123,10 +137,12 @@ class RateLimiter:
             return pause
         self._strikes += 1
         self._epoch += 1
-        self._next_free = 0.0
         if self.rate is not None and self._current is not None:
             self._current = max(self.rate * self.MIN_SHARE, self._current / 2)
             self._last_change = max(self._last_change, now + pause)
+        # After the pause, requests resume at the steady pace: no burst into a
+        # service that just said "too many".
+        self._next_free = self._paused_until + self._slack()
         return pause
 
     def succeeded(self) -> None:

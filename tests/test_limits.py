@@ -80,3 +80,20 @@ def test_echoes_of_one_overload_do_not_compound() -> None:
 def test_retry_after_is_capped() -> None:
     limiter = RateLimiter(1.0)
     assert limiter.penalize(10_000.0, now=0.0) == RateLimiter.MAX_PAUSE
+
+
+def test_a_burst_goes_back_to_back_then_the_rate_holds() -> None:
+    limiter = RateLimiter(10.0, burst=3)
+    waits = [limiter.reserve(0.0) for _ in range(5)]
+    assert waits == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.2])
+    # In any one-second window: at most burst + rate requests.
+    limiter = RateLimiter(10.0, burst=3)
+    starts = [t + limiter.reserve(t) for t in [0.0] * 40]
+    assert max(sum(1 for s in starts if w <= s < w + 1.0) for w in starts) <= 3 + 10
+
+
+def test_no_burst_right_after_a_pause() -> None:
+    limiter = RateLimiter(10.0, burst=10)
+    limiter.penalize(1.0, now=0.0)  # rate halves to 5/s
+    waits = [limiter.reserve(0.0) for _ in range(3)]
+    assert waits == pytest.approx([1.0, 1.2, 1.4])

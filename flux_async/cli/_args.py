@@ -1,0 +1,230 @@
+"""The command line: ``flux-async generate | edit | batch | task get | task wait | serve``.
+
+Options that say where and how to connect live on a parent parser shared by
+every command, so ``--local`` and ``--json`` work after any command name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from flux_async import __version__
+
+__all__ = [
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "UsageError",
+    "build_parser",
+    "generation_time",
+    "rate",
+]
+
+# The environment the library reads (flux_async.FluxClient documents both).
+API_KEY_ENV = "ACEDATACLOUD_API_TOKEN"
+BASE_URL_ENV = "FLUX_ASYNC_BASE_URL"
+
+_EPILOG = f"""\
+The API key is read from ${API_KEY_ENV}; prefer it to --api-key, which
+other users of the machine can see in the process list. --local runs everything
+against a bundled local server instead: no key, no network, real PNG files.
+
+exit status: 0 all done, 1 something failed, 2 bad usage or configuration,
+130 interrupted (Ctrl-C).
+"""
+
+
+class UsageError(Exception):
+    """Bad usage found after parsing (exit status 2, like argparse's own errors)."""
+
+
+def rate(text: str) -> float | None:
+    """A rate in requests per second; 0 means no client-side limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value or None
+
+
+def _seconds(text: str) -> float | None:
+    """A duration; 0 means none."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value or None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def generation_time(text: str) -> tuple[float, float]:
+    """``2`` (always 2 s) or ``1,3`` (uniformly between 1 and 3 s)."""
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected SECONDS or LO,HI, got {text!r}")
+    lo, hi = values[0], values[-1]
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"LO must not exceed HI, got {text!r}")
+    return lo, hi
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_argument_group("connection")
+    where.add_argument(
+        "--local", action="store_true",
+        help="run against a local server started in this process: no key, no network",
+    )
+    where.add_argument(
+        "--local-generation-time", type=generation_time, default=(1.0, 3.0),
+        metavar="SECONDS|LO,HI", help="how long a --local generation takes (default 1,3)",
+    )
+    where.add_argument(
+        "--base-url", metavar="URL",
+        help=f"API base URL (default ${BASE_URL_ENV}, then https://api.acedata.cloud)",
+    )
+    where.add_argument(
+        "--api-key", metavar="KEY",
+        help=f"API key; prefer ${API_KEY_ENV}, command lines are visible to other users",
+    )
+    where.add_argument(
+        "--timeout", type=_seconds, default=600.0, metavar="SECONDS",
+        help="give up waiting for a task after this long (default 600, 0 for never)",
+    )
+    where.add_argument(
+        "--poll-interval", type=_positive_float, default=1.0, metavar="SECONDS",
+        help="time between task status checks (default 1)",
+    )
+    out = common.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress, only results")
+    out.add_argument("--debug", action="store_true", help="log requests and show tracebacks")
+    return common
+
+
+def _request_options(parser: argparse.ArgumentParser, *, count: bool) -> None:
+    parser.add_argument("--model", help="e.g. flux-dev, flux-pro-1.1, flux-kontext-pro")
+    parser.add_argument("--size", help="e.g. 1024x1024, or an aspect ratio such as 16:9")
+    if count:
+        parser.add_argument("--count", type=_positive_int, help="images per prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="flux-async",
+        description="Generate and edit images with the Ace Data Cloud Flux API.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    generate = commands.add_parser(
+        "generate", parents=[common], help="generate images from a prompt",
+        description="Generate images from PROMPT, wait for them, download them, print the "
+        "file paths.",
+    )
+    generate.add_argument("prompt", metavar="PROMPT")
+    _request_options(generate, count=True)
+    generate.add_argument("--out", default=".", metavar="DIR", help="where images go (.)")
+    generate.add_argument("--no-download", action="store_true", help="print URLs only")
+
+    edit = commands.add_parser(
+        "edit", parents=[common], help="edit an image by prompt",
+        description="Edit the image at --image-url as PROMPT says; download the result.",
+    )
+    edit.add_argument("prompt", metavar="PROMPT")
+    edit.add_argument("--image-url", required=True, metavar="URL", help="the image to edit")
+    _request_options(edit, count=False)
+    edit.add_argument("--out", default=".", metavar="DIR", help="where images go (.)")
+    edit.add_argument("--no-download", action="store_true", help="print URLs only")
+
+    batch = commands.add_parser(
+        "batch", parents=[common], help="run a file of prompts, resumably",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run every line of FILE and download every image into DIR.\n\n"
+        "FILE has one prompt a line (blank lines and #comments skipped), or is JSONL\n"
+        "with fields prompt, model, size, count, action (generate|edit), image_url,\n"
+        "name (file name stem). '-' reads standard input.\n\n"
+        "DIR/manifest.jsonl records every line as it goes. Running the same command\n"
+        "again resumes: done lines are skipped, submitted lines are waited on by task\n"
+        "id (not paid again), failed lines are retried only with --retry-failed.",
+    )
+    batch.add_argument("file", metavar="FILE")
+    batch.add_argument("--out", required=True, metavar="DIR", help="images and manifest")
+    _request_options(batch, count=True)
+    batch.add_argument(
+        "--concurrency", type=_positive_int, default=10, metavar="N",
+        help="generations in flight at once (default 10)",
+    )
+    batch.add_argument(
+        "--rate", type=rate, default=5.0, metavar="PER_SECOND",
+        help="submissions per second (default 5, 0 for no limit)",
+    )
+    batch.add_argument(
+        "--retry-failed", action="store_true",
+        help="submit failed lines again (a new, paid task each)",
+    )
+
+    task = commands.add_parser("task", help="look at tasks by id")
+    task_commands = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)
+    get = task_commands.add_parser(
+        "get", parents=[common], help="show tasks' status and images",
+        description="Show the status and images of one or more tasks.",
+    )
+    get.add_argument("ids", nargs="+", metavar="ID")
+    get.add_argument("--out", metavar="DIR", help="also download the images of finished tasks")
+    wait = task_commands.add_parser(
+        "wait", parents=[common], help="wait for tasks, then download their images",
+        description="Wait for tasks to finish and download their images.",
+    )
+    wait.add_argument("ids", nargs="+", metavar="ID")
+    wait.add_argument("--out", default=".", metavar="DIR", help="where images go (.)")
+
+    serve = commands.add_parser(
+        "serve", help="run the local Flux server for other tools",
+        description="Serve the bundled local Flux API until Ctrl-C; point tools at the "
+        "printed URL and token.",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument(
+        "--generation-time", type=generation_time, default=(1.0, 3.0), metavar="SECONDS|LO,HI",
+        help="how long a generation takes (default 1,3)",
+    )
+    serve.add_argument(
+        "--failure-rate", type=float, default=0.0, metavar="SHARE",
+        help="share of tasks that fail, 0 to 1 (default 0)",
+    )
+    serve.add_argument("--seed", type=int, help="make a run reproducible")
+    serve.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser

@@ -1,0 +1,490 @@
+"""``flux-async batch``: a file of prompts through ``client.map``, kept in a ledger.
+
+The rules that make a run resumable (the manifest is described in ``_ledger``):
+
+* A line's task id is written to the manifest the moment the service gives it
+  (map's ``submitted`` event), before anything waits on it.
+* On a later run, per line (a line whose request changed since counts as new):
+  ``done`` with its files present is skipped; a line with a task id and no
+  result (``submitted``, or ``failed`` for a reason the task itself may not have:
+  a timeout, a download or network error) is waited on again by task id, which
+  costs nothing; a line never submitted is submitted. Lines whose task failed,
+  or whose submission may or may not have reached the service, are paid for
+  again only with ``--retry-failed``.
+* A task id the service does not know fails the line (``not_found``): it is never
+  silently submitted again, except with ``--local``, where every run starts a
+  fresh local server that cannot know the previous one's tasks.
+* Ctrl-C stops feeding prompts, waits briefly for submissions already sent to
+  return their task ids (so none is paid twice), then cancels the rest: waits
+  and downloads (a download leaves no partial file). The manifest stays valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
+
+import anyio
+from anyio.abc import TaskGroup
+
+from flux_async import (
+    DownloadError,
+    FluxClient,
+    FluxError,
+    ImageRequest,
+    ImageResult,
+    MapEvent,
+    NotFoundError,
+    Outcome,
+    SubmissionUncertainError,
+    TaskFailedError,
+)
+
+from ._connect import connect, service_name
+from ._input import Entry, request_fields
+from ._ledger import Ledger, Record
+from ._output import PROG, print_json, reason_of, warn
+from ._progress import Counts, Reporter, make_reporter
+from ._stop import Stop
+
+__all__ = ["BatchJob", "run_batch"]
+
+# How long a graceful stop waits for submissions on the wire to return a task id.
+STOP_GRACE = 15.0
+# A failed line with a task id is waited on again for free, unless the task itself
+# failed or is unknown: those need a new (paid) submission, i.e. --retry-failed.
+_NEEDS_NEW_TASK = frozenset({"task_failed", "not_found"})
+# Download answers meaning the image is gone for good (an expired CDN link).
+_GONE = frozenset({403, 404, 410})
+
+
+class Feed:
+    """The lines still to submit, handed to ``client.map`` one at a time.
+
+    It is fed while the job runs (a stale ``--local`` task id sends its line
+    back here), so it is a queue that ends when ``close()``d, not a list. At most
+    ``window`` lines are outstanding (taken and not yet resolved), the same window
+    as map's own, so a line is only taken when it can be submitted at once: when a
+    stop comes, nothing waits in between, half-sent.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.outstanding = 0
+        self.taken: list[Entry] = []  # map's index -> line
+        self._queue: collections.deque[Entry] = collections.deque()
+        self._closed = self._stopped = False
+        self._wake = anyio.Event()
+
+    def put(self, entry: Entry) -> None:
+        self._queue.append(entry)
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def release(self) -> None:
+        """One taken line resolved."""
+        self.outstanding -= 1
+        self._wake.set()
+
+    async def requests(self) -> AsyncIterator[ImageRequest]:
+        while not self._stopped:
+            if self._queue and self.outstanding < self.window:
+                entry = self._queue.popleft()
+                self.outstanding += 1
+                self.taken.append(entry)
+                assert entry.request is not None
+                yield entry.request
+            elif self._closed and not self._queue:
+                return
+            else:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+
+
+class BatchJob:
+    """One run over the lines of a batch file; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        client: FluxClient,
+        ledger: Ledger,
+        entries: list[Entry],
+        *,
+        label: str,
+        local: bool,
+        service: str,
+        retry_failed: bool,
+        reporter: Reporter,
+        stop: Stop,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.entries = entries
+        self.out = ledger.directory
+        self.label = label
+        self.local = local
+        self.service = service
+        self.retry_failed = retry_failed
+        self.reporter = reporter
+        self.stop = stop
+        self.counts = Counts()
+        self.feed = Feed(client.max_concurrency)
+        self.fresh: list[Entry] = []
+        self.resume: list[tuple[Entry, str]] = []
+        self.skipped = 0  # done in an earlier run
+        self.kept_failed = 0  # failed earlier, not retried
+        self.restarted_local = 0  # stale --local task ids submitted again
+        self.cut_off = 0  # submissions cancelled mid-request by a hard stop
+        self._sent: set[int] = set()  # map indexes that got a task id
+        self._unsent = 0  # map indexes that failed before getting one
+        self._downloads = anyio.Semaphore(max(4, client.max_concurrency))
+        self._resume_scope = anyio.CancelScope()
+        self._settled = anyio.Event()  # set when a taken line gets a task id or fails
+
+    # --- planning --------------------------------------------------------------------
+
+    def plan(self) -> None:
+        """Sort every line into skip / wait again / submit, per the resume rules."""
+        for entry in self.entries:
+            if entry.error is not None:
+                self._invalid(entry)
+                continue
+            record = self.ledger.get(entry.line)
+            if record is not None and record.status != "invalid" and record.key != entry.key:
+                self.reporter.note(
+                    f"{PROG}: {self.label}:{entry.line}: the line changed since the manifest was "
+                    "written; running it as a new line"
+                )
+                record = None
+            if record is None or record.status == "invalid":
+                self.fresh.append(entry)
+            elif record.status == "done" and self._files_present(record):
+                self.skipped += 1
+            elif record.task_id and (
+                record.status in ("submitted", "done")
+                or (record.status == "failed" and record.reason not in _NEEDS_NEW_TASK)
+            ):
+                self.resume.append((entry, record.task_id))
+            elif record.status == "failed" and not self.retry_failed:
+                self.kept_failed += 1
+            else:
+                self.fresh.append(entry)
+
+    def _files_present(self, record: Record) -> bool:
+        return bool(record.files) and all((self.out / name).is_file() for name in record.files)
+
+    def _invalid(self, entry: Entry) -> None:
+        self.reporter.note(f"{PROG}: {self.label}:{entry.line}: {entry.error}; line skipped")
+        self.ledger.write(
+            Record(entry.line, "invalid", error=entry.error, reason="invalid_input")
+        )
+        self.counts.total += 1
+        self.counts.failed += 1
+
+    # --- running ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.counts.total += len(self.fresh) + len(self.resume)
+        self.counts.submitted = len(self.resume)
+        for entry in self.fresh:
+            self.feed.put(entry)
+        self.reporter.start(self.counts)
+        try:
+            with self.stop.scope():
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self._watch_stop)
+                    async with anyio.create_task_group() as work:
+                        work.start_soon(self._resume_all)
+                        work.start_soon(self._submit_all, work)
+                    outer.cancel_scope.cancel()
+        finally:
+            # After a hard stop, lines cut off between "taken" and "task id known".
+            self.cut_off = self.submitting if self.stop.interrupted else 0
+            self.reporter.close()
+
+    @property
+    def submitting(self) -> int:
+        """Lines handed to map that have neither a task id nor a failure yet."""
+        return len(self.feed.taken) - len(self._sent) - self._unsent
+
+    async def _watch_stop(self) -> None:
+        await self.stop.requested.wait()
+        self.feed.stop()
+        self._resume_scope.cancel()  # waiting on a task is free to resume later
+        if self.submitting:
+            self.reporter.note(
+                f"{PROG}: stopping: waiting for {self.submitting} submission(s) in progress "
+                "to return their task ids (Ctrl-C again to stop at once)"
+            )
+        with anyio.move_on_after(STOP_GRACE):
+            while self.submitting > 0:
+                self._settled = anyio.Event()
+                await self._settled.wait()
+        self.stop.cancel()
+
+    def _report(self) -> None:
+        self.reporter.update(self.counts)
+
+    async def _resume_all(self) -> None:
+        """Wait again on the task ids an earlier run recorded, without submitting."""
+        try:
+            with self._resume_scope:
+                if self.resume:
+                    await self._resume(self.resume)
+        finally:
+            # Only now is it known which lines go back to the feed (stale ids).
+            self.feed.close()
+
+    async def _resume(self, items: list[tuple[Entry, str]]) -> None:
+        known: set[str] | None
+        try:
+            # One query per 50 ids tells which ids the service knows, at once,
+            # instead of each wait noticing after a few poll rounds.
+            known = {task.id for task in await self.client.get_tasks(t for _, t in items)}
+        except FluxError as exc:
+            warn(f"could not look the earlier tasks up ({exc}); waiting on each")
+            known = None
+        if known is not None and self.local and len(known) < len(items):
+            self.reporter.note(
+                f"{PROG}: --local: {len(items) - len(known)} task(s) of an earlier run "
+                "belonged to its own local server, gone with it; generating them again "
+                "(free, local)"
+            )
+        async with anyio.create_task_group() as group:
+            for entry, task_id in items:
+                if known is not None and task_id not in known:
+                    self._stale(entry, task_id)
+                else:
+                    group.start_soon(self._wait_again, entry, task_id)
+
+    async def _wait_again(self, entry: Entry, task_id: str) -> None:
+        try:
+            result = await self.client.wait(task_id)
+        except NotFoundError:
+            self._stale(entry, task_id)
+        except TaskFailedError as exc:
+            if self.retry_failed:
+                self._resubmit(entry, f"task {task_id} failed; submitting the line again")
+            else:
+                self._failed(entry, exc, task_id)
+        except FluxError as exc:
+            self._failed(entry, exc, task_id)
+        else:
+            await self._download(entry, result, resumed=True)
+
+    def _resubmit(self, entry: Entry, why: str) -> None:
+        """Send a resumed line back to the feed: it gets a new task (paid, unless local)."""
+        self.reporter.note(f"{PROG}: {self.label}:{entry.line}: {why}")
+        self.counts.submitted -= 1  # counted as submitted at the start; counted again
+        self.feed.put(entry)
+
+    def _stale(self, entry: Entry, task_id: str) -> None:
+        if self.local:
+            # The local server of an earlier run is gone with its tasks; submitting
+            # again costs nothing locally. (Noted once, in _resume.)
+            self.restarted_local += 1
+            self.counts.submitted -= 1
+            self.feed.put(entry)
+            return
+        self._record_failure(
+            entry, "not_found", task_id,
+            f"task {task_id} is not known to {self.service} (was the manifest written "
+            "against another server or API key?); --retry-failed submits the line again",
+        )
+
+    async def _submit_all(self, work: TaskGroup) -> None:
+        # aclosing: a cancelled loop closes map at once, which cancels its requests.
+        # (map is an async generator; its signature promises only an AsyncIterator.)
+        outcomes = cast(
+            "AsyncGenerator[Outcome, None]",
+            self.client.map(self.feed.requests(), on_event=self._on_event),
+        )
+        async with contextlib.aclosing(outcomes):
+            async for outcome in outcomes:
+                entry = self.feed.taken[outcome.index]
+                self.feed.release()
+                if outcome.result is not None:
+                    work.start_soon(self._download, entry, outcome.result)
+                else:
+                    assert outcome.error is not None
+                    self._failed(entry, outcome.error, outcome.task_id)
+
+    def _on_event(self, event: MapEvent) -> None:
+        if event.kind == "submitted":
+            entry = self.feed.taken[event.index]
+            assert entry.request is not None
+            # Written (and flushed) before anything else happens to this task.
+            self.ledger.write(
+                Record(entry.line, "submitted", key=entry.key,
+                       request=request_fields(entry.request), task_id=event.task_id)
+            )
+            self._sent.add(event.index)
+            self.counts.submitted += 1
+            self._settled.set()
+            self._report()
+        elif event.kind == "failed" and event.index not in self._sent:
+            self._unsent += 1
+            self._settled.set()
+
+    async def _download(self, entry: Entry, result: ImageResult, *, resumed: bool = False) -> None:
+        async with self._downloads:
+            try:
+                paths = await self.client.download(
+                    result, self.out, prefix=entry.prefix, overwrite=True
+                )
+            except (FluxError, OSError) as exc:
+                gone = isinstance(exc, DownloadError) and exc.status in _GONE
+                if resumed and gone and self.retry_failed:
+                    # An earlier run's images have expired: only a new task brings them.
+                    self._resubmit(entry, f"the images of task {result.task_id} are gone "
+                                          f"({exc}); submitting the line again")
+                    return
+                hint = "; the image is gone: --retry-failed generates it again" if gone else ""
+                self._record_failure(entry, "download", result.task_id, f"{exc}{hint}")
+                return
+        assert entry.request is not None
+        self.ledger.write(
+            Record(entry.line, "done", key=entry.key, request=request_fields(entry.request),
+                   task_id=result.task_id, files=[p.name for p in paths])
+        )
+        self.counts.done += 1
+        self._report()
+
+    def _failed(
+        self, entry: Entry, exc: BaseException, task_id: str | None, *, reason: str | None = None
+    ) -> None:
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, SubmissionUncertainError):
+            message += "; --retry-failed submits it again, possibly paying twice"
+        self._record_failure(entry, reason or reason_of(exc), task_id, message)
+
+    def _record_failure(
+        self, entry: Entry, reason: str, task_id: str | None, message: str
+    ) -> None:
+        assert entry.request is not None
+        self.ledger.write(
+            Record(entry.line, "failed", key=entry.key, request=request_fields(entry.request),
+                   task_id=task_id, error=message, reason=reason)
+        )
+        self.counts.failed += 1
+        self.reporter.note(f"{PROG}: {self.label}:{entry.line}: failed ({reason}): {message}")
+        self._report()
+
+    # --- summary ---------------------------------------------------------------------
+
+    def summary(self, wall_time: float) -> dict[str, Any]:
+        """Where every line of the input stands now, from the ledger."""
+        states: collections.Counter[str] = collections.Counter()
+        reasons: collections.Counter[str] = collections.Counter()
+        images = 0
+        for entry in self.entries:
+            record = self.ledger.get(entry.line)
+            if record is None or (record.status != "invalid" and record.key != entry.key):
+                states["not_started"] += 1
+                continue
+            status = record.status
+            if status == "done":
+                images += len(record.files)
+            elif status in ("failed", "invalid"):
+                reasons[record.reason or "error"] += 1
+                status = "failed"
+            elif status == "submitted":
+                status = "running"
+            states[status] += 1
+        return {
+            "lines": len(self.entries),
+            "done": states["done"],
+            "done_now": self.counts.done,
+            "skipped": self.skipped,
+            "resumed": len(self.resume) - self.restarted_local,
+            "failed": states["failed"],
+            "failed_by_reason": dict(sorted(reasons.items())),
+            "failed_not_retried": self.kept_failed,
+            "running": states["running"],
+            "not_started": states["not_started"],
+            "images": images,
+            "out": str(self.out),
+            "manifest": str(self.ledger.path),
+            "wall_time": round(wall_time, 3),
+            "interrupted": self.stop.interrupted,
+        }
+
+
+def _print_summary(summary: dict[str, Any], *, local: bool) -> None:
+    reasons = ", ".join(f"{k} {v}" for k, v in summary["failed_by_reason"].items())
+    print(
+        f"{summary['lines']} lines: {summary['done']} done, {summary['failed']} failed"
+        f"{f' ({reasons})' if reasons else ''}; {summary['images']} images in "
+        f"{summary['out']}; {summary['wall_time']:.1f}s"
+    )
+    if summary["skipped"] or summary["resumed"]:
+        print(
+            f"this run: {summary['done_now']} done ({summary['resumed']} resumed by task id, "
+            f"not paid again); {summary['skipped']} done earlier, skipped"
+        )
+    print(f"manifest: {summary['manifest']}")
+    if summary["interrupted"]:
+        running = summary["running"]
+        print(
+            f"interrupted: {running} running on the service, {summary['not_started']} not "
+            "started. Run the same command again to resume: lines already submitted are "
+            "waited on, not paid for again."
+            + (" (With --local the next run starts a fresh local server, which runs them "
+               "again at no cost.)" if local and running else "")
+        )
+    if summary["failed_not_retried"]:
+        print(
+            f"{summary['failed_not_retried']} line(s) failed in an earlier run and were not "
+            "retried: add --retry-failed to submit them again (a new, paid task each)."
+        )
+
+
+async def _run(
+    args: argparse.Namespace, entries: list[Entry], ledger: Ledger, label: str
+) -> int:
+    stop = Stop(graceful=True)
+    stop.install()
+    try:
+        reporter = make_reporter(quiet=args.quiet, transient=args.json)
+        started = time.monotonic()
+        async with connect(args) as client:
+            job = BatchJob(
+                client, ledger, entries, label=label, local=args.local,
+                service=service_name(args), retry_failed=args.retry_failed,
+                reporter=reporter, stop=stop,
+            )
+            job.plan()
+            await job.run()
+        if job.cut_off and not args.local:
+            warn(
+                f"{job.cut_off} submission(s) in progress were cancelled: any that had reached "
+                "the service made a task this manifest cannot know, paid for again next run"
+            )
+        summary = job.summary(time.monotonic() - started)
+    finally:
+        stop.uninstall()
+    if args.json:
+        print_json(summary)
+    else:
+        _print_summary(summary, local=args.local)
+    if stop.interrupted:
+        return stop.exit_status
+    return 1 if summary["failed"] else 0
+
+
+def run_batch(args: argparse.Namespace, entries: list[Entry], ledger: Ledger) -> int:
+    """Run the job with ``ledger`` already open; returns the exit status."""
+    label = "<stdin>" if args.file == "-" else args.file
+    return asyncio.run(_run(args, entries, ledger, label))

@@ -1,0 +1,72 @@
+"""The client a command runs with: against the service, or a local server in-process.
+
+``--local`` starts :class:`flux_async.testing.LocalFluxServer` inside this process
+and points the client at it with the server's own token, so nothing needs a key
+or the network. The server lives exactly as long as the command: a later run
+starts a fresh one, which knows none of the earlier run's tasks (a resumed
+``batch --local`` submits those lines again, at no cost since nothing is paid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from flux_async import ConfigurationError, FluxClient
+
+from ._args import API_KEY_ENV, BASE_URL_ENV
+
+__all__ = ["check_key", "connect", "service_name"]
+
+
+def check_key(args: argparse.Namespace) -> None:
+    """Fail early, before reading input or starting anything, when no key is set."""
+    if args.local:
+        return
+    if not (args.api_key or os.environ.get(API_KEY_ENV)):
+        raise ConfigurationError(
+            f"no API key: set ${API_KEY_ENV} (or pass --api-key), "
+            "or add --local to try it against the bundled local server"
+        )
+
+
+def service_name(args: argparse.Namespace) -> str:
+    """Where requests go, for messages (never includes the key)."""
+    if args.local:
+        return "the local server"
+    return str(args.base_url or os.environ.get(BASE_URL_ENV) or "https://api.acedata.cloud")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "timeout": args.timeout,
+        "poll_interval": args.poll_interval,
+        # Polling faster than the interval while callers queue for a slot only
+        # makes sense when the interval is long; never poll slower than asked.
+        "busy_poll_interval": min(0.25, args.poll_interval),
+    }
+    if getattr(args, "concurrency", None) is not None:
+        settings["max_concurrency"] = args.concurrency
+    if hasattr(args, "rate"):
+        settings["submit_rate"] = args.rate
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def connect(args: argparse.Namespace) -> AsyncIterator[FluxClient]:
+    """An open client for ``args``; with ``--local``, its server runs meanwhile."""
+    settings = _settings(args)
+    if not args.local:
+        async with FluxClient(args.api_key, base_url=args.base_url, **settings) as client:
+            yield client
+        return
+    # Imported here: the local server is only needed with --local.
+    from flux_async.testing import LocalFluxServer, ServerSettings
+
+    server_settings = ServerSettings(generation_time=args.local_generation_time)
+    async with LocalFluxServer(server_settings) as server:
+        async with FluxClient(server.token, base_url=server.url, **settings) as client:
+            yield client

@@ -1,0 +1,133 @@
+"""What the commands print: one-line errors, JSON documents, tasks for people.
+
+Results go to standard output (file paths, JSON); messages go to standard error,
+so ``flux-async generate ... --json | jq`` always reads clean JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flux_async import (
+    APIError,
+    AuthenticationError,
+    DownloadError,
+    FluxError,
+    Image,
+    ImageResult,
+    InsufficientBalanceError,
+    NotFoundError,
+    RateLimitError,
+    SubmissionUncertainError,
+    Task,
+    TaskFailedError,
+    TaskTimeoutError,
+    TransportError,
+    ValidationError,
+)
+
+__all__ = [
+    "PROG",
+    "error",
+    "image_json",
+    "print_json",
+    "reason_of",
+    "result_json",
+    "show_task",
+    "task_json",
+    "warn",
+]
+
+PROG = "flux-async"
+
+
+def error(message: str) -> None:
+    """``flux-async: error: ...`` on standard error, like argparse's own errors."""
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False), flush=True)
+
+
+def reason_of(exc: BaseException) -> str:
+    """A short machine-friendly word for why a line failed (the summary groups by it)."""
+    table: list[tuple[type[BaseException], str]] = [
+        (TaskFailedError, "task_failed"),
+        (TaskTimeoutError, "timeout"),
+        (SubmissionUncertainError, "submission_uncertain"),
+        (DownloadError, "download"),
+        (ValidationError, "invalid_request"),
+        (AuthenticationError, "auth"),
+        (InsufficientBalanceError, "balance"),
+        (NotFoundError, "not_found"),
+        (RateLimitError, "rate_limited"),
+        (APIError, "api_error"),
+        (TransportError, "network"),
+        (FluxError, "error"),
+    ]
+    for kind, reason in table:
+        if isinstance(exc, kind):
+            return reason
+    return "error"
+
+
+def image_json(image: Image) -> dict[str, Any]:
+    return {"url": image.url, "prompt": image.prompt, "seed": image.seed}
+
+
+def result_json(result: ImageResult, files: Sequence[Path] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "task_id": result.task_id,
+        "trace_id": result.trace_id,
+        "images": [image_json(i) for i in result.images],
+    }
+    if files is not None:
+        out["files"] = [str(f) for f in files]
+    return out
+
+
+def task_json(task: Task, files: Sequence[Path] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": task.id,
+        "status": task.status.value,
+        "created_at": task.created_at,
+        "finished_at": task.finished_at,
+        "trace_id": task.trace_id,
+        "images": [image_json(i) for i in task.result.images] if task.result else [],
+        "error": (
+            {"code": task.error.code, "message": task.error.message} if task.error else None
+        ),
+    }
+    if files is not None:
+        out["files"] = [str(f) for f in files]
+    return out
+
+
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def show_task(task: Task, files: Sequence[Path] | None = None) -> None:
+    """A task for people: status line, times, then one image URL (or file) a line."""
+    print(f"{task.id}  {task.status.value}")
+    print(f"  created {_when(task.created_at)}  finished {_when(task.finished_at)}")
+    if task.error is not None:
+        code = f" ({task.error.code})" if task.error.code else ""
+        print(f"  error: {task.error.message}{code}")
+    if task.result is not None:
+        for image in task.result.images:
+            print(f"  {image.url}")
+    for path in files or ():
+        print(f"  -> {path}")
