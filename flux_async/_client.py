@@ -23,7 +23,7 @@ import os
 import pathlib
 import time
 from collections.abc import (
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
     Coroutine,
@@ -321,7 +321,12 @@ class FluxClient:
         if scope.cancelled_caught:
             raise TaskTimeoutError(None, timeout)
         try:
-            data = await self._post(IMAGES_PATH, submit_body(request, callback_url=callback_url))
+            # Shielded: a paid request cancelled on the wire may still create a task
+            # whose id nobody would learn. It is bounded by request_timeout; the
+            # caller's cancellation takes effect right after, with the id known.
+            with anyio.CancelScope(shield=True):
+                body = submit_body(request, callback_url=callback_url)
+                data = await self._post(IMAGES_PATH, body)
         except RateLimitError as exc:
             pause = self.submit_limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
             log.warning("submission rate-limited (HTTP 429); pausing submissions %.1fs", pause)
@@ -414,6 +419,12 @@ class FluxClient:
                 await entry.done.wait()
         except TimeoutError:
             raise TaskTimeoutError(entry.task_id, timeout) from None
+        except anyio.get_cancelled_exc_class():
+            if not entry.done.is_set() and entry.request is not None:
+                # Paid for and still running: say which task, so it can be found.
+                log.warning("wait cancelled; task %s may still finish: client.wait(%r)",
+                            entry.task_id, entry.task_id)
+            raise
         finally:
             self._poller.leave(entry)
         if entry.error is not None:
@@ -615,7 +626,7 @@ class FluxClient:
         ordered: bool = False,
         timeout: float | None = DEFAULT,
         on_event: Callable[[MapEvent], None] | None = None,
-    ) -> AsyncIterator[Outcome]:
+    ) -> AsyncGenerator[Outcome, None]:
         """Run many requests, yielding an ``Outcome`` per request as each resolves.
 
         ``requests`` is read lazily; at most ``max_concurrency`` are outstanding.

@@ -324,3 +324,30 @@ async def test_leaving_the_client_mid_map_is_clean() -> None:
                     pass
     gc.collect()
     assert asyncio.all_tasks() - before == set()
+
+
+async def test_cancelling_during_the_paid_post_still_learns_the_task_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The answer to the submission is delayed after the task was created: cancel then.
+    settings = ServerSettings(generation_time=30.0, seed=21,
+                              faults={"images": Faults(slow=1.0, slow_delay=0.5)})
+    caplog.set_level(logging.WARNING, logger="flux_async")
+    submitted: list[str] = []
+    async with LocalFluxServer(settings) as server, client_for(server) as client:
+        with anyio.move_on_after(5) as outer:
+            async with anyio.create_task_group() as group:
+                async def consume() -> None:
+                    async for _ in client.map([GenerateRequest("p")],
+                                              on_event=lambda e: submitted.append(e.task_id or "")):
+                        pass
+
+                group.start_soon(consume)
+                await eventually(lambda: server.stats.tasks_created == 1)
+                group.cancel_scope.cancel()  # the POST is on the wire, its answer not yet back
+        assert not outer.cancelled_caught
+        created = set(server.stats.finish_times)
+        assert client.in_flight == 0
+    assert len(created) == 1
+    assert submitted == list(created)  # the id reached the progress hook despite the cancel
+    assert any(next(iter(created)) in r.getMessage() for r in caplog.records)

@@ -26,8 +26,8 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -40,7 +40,6 @@ from flux_async import (
     ImageResult,
     MapEvent,
     NotFoundError,
-    Outcome,
     SubmissionUncertainError,
     TaskFailedError,
 )
@@ -306,11 +305,7 @@ class BatchJob:
 
     async def _submit_all(self, work: TaskGroup) -> None:
         # aclosing: a cancelled loop closes map at once, which cancels its requests.
-        # (map is an async generator; its signature promises only an AsyncIterator.)
-        outcomes = cast(
-            "AsyncGenerator[Outcome, None]",
-            self.client.map(self.feed.requests(), on_event=self._on_event),
-        )
+        outcomes = self.client.map(self.feed.requests(), on_event=self._on_event)
         async with contextlib.aclosing(outcomes):
             async for outcome in outcomes:
                 entry = self.feed.taken[outcome.index]

@@ -164,7 +164,7 @@ async def _task_wait(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """``flux-async serve``: the standalone local server of ``python -m flux_async.testing``."""
     from flux_async.testing import LocalFluxServer, ServerSettings
-    from flux_async.testing.__main__ import serve as serve_forever
+    from flux_async.testing import serve as serve_forever
 
     try:
         settings = ServerSettings(

@@ -7,6 +7,7 @@ Run it standalone with ``python -m flux_async.testing``; pytest users get the
 ``flux_server`` fixture from :mod:`flux_async.testing.pytest_plugin`.
 """
 
+from ._serve import serve
 from ._server import LocalFluxServer
 from ._settings import DEFAULT_TOKEN, AsyncAnswer, Faults, PendingShape, ServerSettings, TokenState
 from ._stats import ServerStats
@@ -20,4 +21,5 @@ __all__ = [
     "ServerSettings",
     "ServerStats",
     "TokenState",
+    "serve",
 ]
