@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import os
 import pathlib
 import time
@@ -48,18 +47,14 @@ from ._download import (
 from ._errors import (
     ClientClosedError,
     ConfigurationError,
-    ConnectError,
-    NetworkError,
     ProtocolError,
     RateLimitError,
-    RequestTimeoutError,
     ServerError,
-    SubmissionUncertainError,
     TaskFailedError,
     TaskTimeoutError,
     TransportError,
 )
-from ._limits import Backoff, RateLimiter
+from ._limits import Backoff, RateLimiter, deadline_after, remaining
 from ._map import MapEvent, Requests, run_map
 from ._models import (
     EditRequest,
@@ -75,18 +70,16 @@ from ._models import (
 from ._poller import Entry, Poller
 from ._protocol import (
     DEFAULT_BASE_URL,
-    IMAGES_PATH,
     TASKS_PATH,
     Submission,
     decode_answer,
     read_batch,
-    read_submission,
     read_task,
     request_headers,
     retrieve_batch_body,
     retrieve_body,
-    submit_body,
 )
+from ._submission import Submitter
 from ._transport import Transport
 
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "FluxClient"]
@@ -105,9 +98,6 @@ class _Default:
 
 
 DEFAULT: Any = _Default()
-
-# 429s are retried while the deadline allows, but never more than this many times.
-MAX_RATE_LIMIT_RETRIES = 30
 
 
 class FluxClient:
@@ -203,6 +193,10 @@ class FluxClient:
         self._slots = anyio.Semaphore(max_concurrency)
         self._backoff = Backoff(base=retry_backoff, cap=max(16.0, retry_backoff))
         self.submit_limiter = RateLimiter(submit_rate, backoff=self._backoff)
+        self._submitter = Submitter(
+            self._post, self.submit_limiter, self._backoff,
+            max_retries=max_retries, resend_uncertain=resend_uncertain,
+        )
         # Queries are free: a poll round's chunks may go out together, up to a
         # second's worth; paid submissions never burst.
         burst = max(1, int(query_rate)) if query_rate is not None else 1
@@ -311,63 +305,6 @@ class FluxClient:
             raise ProtocolError("a retrieve answer is not a JSON object")
         return data
 
-    async def _submit_once(
-        self, request: ImageRequest, callback_url: str | None, deadline: float | None,
-        timeout: float | None,
-    ) -> Submission:
-        ticket = None
-        with anyio.move_on_after(_remaining(deadline)) as scope:
-            ticket = await self.submit_limiter.acquire()
-        if scope.cancelled_caught:
-            raise TaskTimeoutError(None, timeout)
-        try:
-            # Shielded: a paid request cancelled on the wire may still create a task
-            # whose id nobody would learn. It is bounded by request_timeout; the
-            # caller's cancellation takes effect right after, with the id known.
-            with anyio.CancelScope(shield=True):
-                body = submit_body(request, callback_url=callback_url)
-                data = await self._post(IMAGES_PATH, body)
-        except RateLimitError as exc:
-            pause = self.submit_limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
-            log.warning("submission rate-limited (HTTP 429); pausing submissions %.1fs", pause)
-            raise
-        return read_submission(data)
-
-    async def _submit(
-        self, request: ImageRequest, callback_url: str | None, deadline: float | None,
-        timeout: float | None,
-    ) -> Submission:
-        """Send a paid submission, re-sending only when the service provably created nothing."""
-        failures = rate_limited = 0
-        while True:
-            try:
-                submission = await self._submit_once(request, callback_url, deadline, timeout)
-            except RateLimitError:
-                # A 429 created nothing: safe to re-send once the pause (already
-                # recorded on the limiter) is over.
-                rate_limited += 1
-                if rate_limited > MAX_RATE_LIMIT_RETRIES:
-                    raise
-            except (ConnectError, NetworkError, RequestTimeoutError, ProtocolError,
-                    ServerError) as exc:
-                certain = isinstance(exc, ConnectError)
-                failures += 1
-                if failures >= self.max_retries or not (certain or self.resend_uncertain):
-                    if certain:
-                        raise
-                    raise SubmissionUncertainError(
-                        f"the submission may or may not have created a task ({exc}); "
-                        "it was not re-sent, to avoid paying twice",
-                        request=request,
-                        trace_id=getattr(exc, "trace_id", None),
-                    ) from exc
-                delay = self._backoff.delay(failures)
-                log.warning("submission failed (%s); re-sending in %.1fs", exc, delay)
-                await anyio.sleep(delay)
-            else:
-                self.submit_limiter.succeeded()
-                return submission
-
     async def _launch(
         self,
         request: ImageRequest,
@@ -380,7 +317,7 @@ class FluxClient:
     ) -> tuple[Submission, Entry | None]:
         """Take a slot, submit, and hand the slot to the poller's entry for the task."""
         await self._start()
-        with anyio.move_on_after(_remaining(deadline)) as scope:
+        with anyio.move_on_after(remaining(deadline)) as scope:
             await self._slots.acquire()
         if scope.cancelled_caught:
             raise TaskTimeoutError(None, timeout)
@@ -390,7 +327,9 @@ class FluxClient:
         if callback_url is not None:
             nonce, callback_url = self._callbacks.issue(callback_url)
         try:
-            submission = await self._submit(request, callback_url, deadline, timeout)
+            submission = await self._submitter.submit(
+                request, callback_url, deadline=deadline, timeout=timeout
+            )
         except BaseException:
             self._slots.release()
             self._callbacks.settle(nonce)
@@ -415,7 +354,7 @@ class FluxClient:
     async def _await(self, entry: Entry, deadline: float | None, timeout: float | None) -> Task:
         entry.waiters += 1
         try:
-            with anyio.fail_after(_remaining(deadline)):
+            with anyio.fail_after(remaining(deadline)):
                 await entry.done.wait()
         except TimeoutError:
             raise TaskTimeoutError(entry.task_id, timeout) from None
@@ -439,7 +378,7 @@ class FluxClient:
         on_submitted: Callable[[str], None] | None = None,
     ) -> ImageResult:
         timeout = self.timeout if timeout is DEFAULT else timeout
-        deadline = _deadline(timeout)
+        deadline = deadline_after(timeout)
         callback_url = self.callback_url
         submission, entry = await self._launch(
             request, deadline=deadline, timeout=timeout, callback_url=callback_url,
@@ -515,7 +454,7 @@ class FluxClient:
         if known is not None:
             return _result_of(known)
         timeout = self.timeout if timeout is DEFAULT else timeout
-        deadline = _deadline(timeout)
+        deadline = deadline_after(timeout)
         await self._start()
         entry = self._poller.entry(task_id)
         return _result_of(await self._await(entry, deadline, timeout))
@@ -667,17 +606,6 @@ class FluxClient:
         if failure:
             raise failure[0]
 
-
-def _deadline(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if timeout < 0 or math.isnan(timeout):
-        raise ValueError("timeout must be a non-negative number of seconds or None")
-    return anyio.current_time() + timeout
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - anyio.current_time())
 
 
 def _result_of(task: Task) -> ImageResult:

@@ -16,12 +16,27 @@ clock; ``Backoff`` is pure arithmetic, tested without a loop.
 
 from __future__ import annotations
 
+import math
 import random
 
 import anyio
 import attrs
 
-__all__ = ["Backoff", "RateLimiter"]
+__all__ = ["Backoff", "RateLimiter", "deadline_after", "remaining"]
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """The loop time ``timeout`` seconds from now (``None``: no deadline)."""
+    if timeout is None:
+        return None
+    if timeout < 0 or math.isnan(timeout):
+        raise ValueError("timeout must be a non-negative number of seconds or None")
+    return anyio.current_time() + timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (never negative), for anyio's ``*_after``."""
+    return None if deadline is None else max(0.0, deadline - anyio.current_time())
 
 
 @attrs.define
