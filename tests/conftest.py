@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
+from aiohttp import web
 
 from flux_async import FluxClient
 from flux_async.testing import LocalFluxServer
@@ -34,3 +36,17 @@ async def eventually(condition: Callable[[], bool], *, within: float = 10.0) -> 
     with anyio.fail_after(within):
         while not condition():  # noqa: ASYNC110 - nothing to wait on but the state itself
             await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """Run ``app`` on 127.0.0.1 on an ephemeral port; yield its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()

@@ -25,25 +25,11 @@ from flux_async.web import (
     callback_app,
 )
 
-from .conftest import client_for
+from .conftest import client_for, serve
 
 pytestmark = pytest.mark.anyio
 
 SECRET = "a-stable-callback-secret-for-tests"
-
-
-@asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    """Run ``app`` on 127.0.0.1, an ephemeral port; yield its base URL."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 @asynccontextmanager

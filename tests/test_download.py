@@ -22,7 +22,7 @@ from flux_async import (
 )
 from flux_async.testing import LocalFluxServer
 
-from .conftest import client_for, eventually
+from .conftest import client_for, eventually, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -41,19 +41,6 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
-
-
-@asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 @asynccontextmanager

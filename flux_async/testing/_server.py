@@ -448,19 +448,34 @@ class LocalFluxServer:
 
     # -- handlers ----------------------------------------------------------------------
 
-    async def _handle_images(self, request: web.Request) -> web.StreamResponse:
-        fault = self._draw_fault("images")
-        early = self._before(request, "images", fault)
+    def _admit(
+        self, request: web.Request, endpoint: str, fault: str | None, *, submission: bool
+    ) -> Account | web.StreamResponse:
+        """What every API request goes through first: early faults, the token, the rate."""
+        early = self._before(request, endpoint, fault)
         if early is not None:
             return early
         account = self._authenticate(request)
         if isinstance(account, web.Response):
             return account
-        settings = self.settings
-        if settings.submit_rate is not None:
-            wait = account.submit_bucket.take(settings.submit_rate, time.monotonic())
+        if submission:
+            rate, bucket, what = (self.settings.submit_rate, account.submit_bucket,
+                                  "too many submissions per second")
+        else:
+            rate, bucket, what = (self.settings.query_rate, account.query_bucket,
+                                  "too many task queries per second")
+        if rate is not None:
+            wait = bucket.take(rate, time.monotonic())
             if wait > 0:
-                return self._too_many(wait, "too many submissions per second")
+                return self._too_many(wait, what)
+        return account
+
+    async def _handle_images(self, request: web.Request) -> web.StreamResponse:
+        fault = self._draw_fault("images")
+        account = self._admit(request, "images", fault, submission=True)
+        if not isinstance(account, Account):
+            return account
+        settings = self.settings
         body = await self._read_json(request)
         sub = check_submission(body)
         if isinstance(sub, str):
@@ -490,17 +505,10 @@ class LocalFluxServer:
         action = body.get("action") if isinstance(body, dict) else None
         self.stats.requests[action if action in ("retrieve", "retrieve_batch") else "other"] += 1
         fault = self._draw_fault("tasks")
-        early = self._before(request, "tasks", fault)
-        if early is not None:
-            return early
-        account = self._authenticate(request)
-        if isinstance(account, web.Response):
+        account = self._admit(request, "tasks", fault, submission=False)
+        if not isinstance(account, Account):
             return account
         settings = self.settings
-        if settings.query_rate is not None:
-            wait = account.query_bucket.take(settings.query_rate, time.monotonic())
-            if wait > 0:
-                return self._too_many(wait, "too many task queries per second")
         if not isinstance(body, dict):
             return self._error(400, "bad_request", "the request body must be a JSON object")
         now = time.monotonic()
