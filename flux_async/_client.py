@@ -111,7 +111,9 @@ class FluxClient:
     - ``max_concurrency`` (10): generations in flight at once.
     - ``submit_rate`` (5/s) and ``query_rate`` (30/s): requests per second to
       ``/flux/images`` and ``/flux/tasks``; ``None`` for no limit. Queries may
-      come in bursts of up to a second's worth (a poll round at once). A 429 pauses
+      come in bursts of up to a second's worth (a poll round at once);
+      submissions in bursts of ``submit_burst`` (default 60% of a second's worth,
+      3 at 5/s), so slots that free together are refilled together. A 429 pauses
       and slows every request of that kind, then the rate recovers.
     - ``poll_interval`` (1 s): time between poll rounds; ``busy_poll_interval``
       (0.2 s) while every slot is taken, since then a finished task noticed
@@ -144,6 +146,7 @@ class FluxClient:
         base_url: str | None = None,
         max_concurrency: int = 10,
         submit_rate: float | None = 5.0,
+        submit_burst: int | None = None,
         query_rate: float | None = 30.0,
         poll_interval: float = 1.0,
         busy_poll_interval: float = 0.2,
@@ -192,13 +195,20 @@ class FluxClient:
         self._transport: Transport | None = None
         self._slots = anyio.Semaphore(max_concurrency)
         self._backoff = Backoff(base=retry_backoff, cap=max(16.0, retry_backoff))
-        self.submit_limiter = RateLimiter(submit_rate, backoff=self._backoff)
+        if submit_burst is None:
+            # 60% of a second's worth: slots that free together can be refilled at
+            # once, while 40% of the service's per-second allowance stays spare to
+            # absorb network jitter (arrivals bunched closer than they were sent).
+            submit_burst = max(1, round(0.6 * submit_rate)) if submit_rate is not None else 1
+        if submit_burst < 1:
+            raise ConfigurationError("submit_burst must be at least 1")
+        self.submit_limiter = RateLimiter(submit_rate, burst=submit_burst, backoff=self._backoff)
         self._submitter = Submitter(
             self._post, self.submit_limiter, self._backoff,
             max_retries=max_retries, resend_uncertain=resend_uncertain,
         )
         # Queries are free: a poll round's chunks may go out together, up to a
-        # second's worth; paid submissions never burst.
+        # second's worth.
         burst = max(1, int(query_rate)) if query_rate is not None else 1
         self.query_limiter = RateLimiter(query_rate, burst=burst, backoff=self._backoff)
         self._poller = Poller(
