@@ -55,7 +55,7 @@ from ._errors import (
     TransportError,
 )
 from ._limits import Backoff, RateLimiter, deadline_after, remaining
-from ._map import MapEvent, Requests, run_map
+from ._map import Deliver, MapEvent, Requests, run_map
 from ._models import (
     EditRequest,
     GenerateRequest,
@@ -585,19 +585,25 @@ class FluxClient:
         Leaving the loop early cancels what is still running.
         """
         await self._start()
-        send, receive = anyio.create_memory_object_stream[Outcome](0)
+        size = self.max_concurrency
+        send, receive = anyio.create_memory_object_stream[Outcome](size)
+        window = anyio.Semaphore(size)
         failure: list[BaseException] = []
         finished = anyio.Event()
         scope = anyio.CancelScope()
 
-        async def launch(request: ImageRequest, on_submitted: Callable[[str], None]) -> ImageResult:
-            return await self._run(request, timeout, on_submitted)
+        async def follow(
+            request: ImageRequest, on_submitted: Callable[[str], None], deliver: Deliver
+        ) -> Callable[[], None] | None:
+            return await self._follow(request, timeout, on_submitted, deliver)
 
         async def runner() -> None:
             with scope:
                 try:
-                    await run_map(launch, requests, send, window=self.max_concurrency,
-                                  ordered=ordered, on_event=on_event)
+                    hook_error = await run_map(follow, requests, send, window, size,
+                                               ordered=ordered, on_event=on_event)
+                    if hook_error is not None:
+                        failure.append(hook_error)
                 except Exception as exc:  # the input or a hook raised: re-raised to the consumer
                     failure.append(exc)
                 finally:
@@ -608,6 +614,7 @@ class FluxClient:
         try:
             async with receive:
                 async for outcome in receive:
+                    window.release()  # taken: one more request may start
                     yield outcome
         finally:
             scope.cancel()
@@ -615,6 +622,65 @@ class FluxClient:
                 await finished.wait()
         if failure:
             raise failure[0]
+
+    async def _follow(
+        self,
+        request: ImageRequest,
+        timeout: float | None,
+        on_submitted: Callable[[str], None],
+        deliver: Deliver,
+    ) -> Callable[[], None] | None:
+        """Submit, then call ``deliver`` once when the task resolves or its deadline passes.
+
+        ``_run`` without a coroutine parked per pending task: the poller's settle
+        callback and one timer do the waiting. Returns how to stop following
+        (None when already delivered). Raises what the submission raises.
+        """
+        timeout = self.timeout if timeout is DEFAULT else timeout
+        deadline = deadline_after(timeout)
+        submission, entry = await self._launch(
+            request, deadline=deadline, timeout=timeout, callback_url=self.callback_url,
+            background=False, on_submitted=on_submitted,
+        )
+        if entry is None:
+            deliver(submission.result, None)
+            return None
+        poller = self._poller
+        entry.waiters += 1
+        timer: asyncio.TimerHandle | None = None
+
+        def settled(done: Entry) -> None:
+            if timer is not None:
+                timer.cancel()
+            poller.leave(done)
+            if done.error is not None:
+                deliver(None, done.error)
+                return
+            assert done.task is not None
+            try:
+                result = _result_of(done.task)
+            except TaskFailedError as exc:
+                deliver(None, exc)
+            else:
+                deliver(result, None)
+
+        def stop(expired: bool = False) -> None:
+            if entry.on_settle is None or settled not in entry.on_settle:
+                return  # settled already
+            entry.on_settle.remove(settled)
+            if timer is not None:
+                timer.cancel()
+            poller.leave(entry)
+            if expired:
+                deliver(None, TaskTimeoutError(entry.task_id, timeout))
+            elif entry.request is not None:
+                log.warning("map cancelled; task %s may still finish: client.wait(%r)",
+                            entry.task_id, entry.task_id)
+
+        entry.on_settle = [*(entry.on_settle or ()), settled]
+        if deadline is not None:
+            timer = asyncio.get_running_loop().call_at(deadline, stop, True)
+        return stop
 
 
 

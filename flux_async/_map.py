@@ -6,27 +6,40 @@ million requests included): the next request is taken only when fewer than
 to be taken by the consumer. Memory therefore stays flat whatever the input
 size, and a slow consumer slows submissions instead of piling up results.
 
-Outcomes come in completion order, or input order with ``ordered=True`` (the
-head of the line then holds up at most ``window`` finished outcomes).
+Only the submission of a request runs in a task of its own. Once the service
+has a task id, nothing waits in a coroutine: the client calls ``deliver`` when
+the task resolves (or its deadline passes), and the outcome goes straight to
+the consumer's stream. Thousands of pending tasks then cost a poller entry and a
+timer each, not a parked task with its frames and cancel scopes.
+
+Outcomes come in completion order, or input order with ``ordered=True`` (a
+reorder buffer then holds at most ``window`` finished outcomes).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Literal
 
 import anyio
 import attrs
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from ._errors import FluxError, TaskError, ValidationError
 from ._models import EditRequest, GenerateRequest, ImageRequest, ImageResult, Outcome
 
-__all__ = ["MapEvent", "MapProgress", "Requests", "run_map"]
+__all__ = ["Deliver", "Follow", "MapEvent", "MapProgress", "Requests", "run_map"]
 
 Requests = Iterable[ImageRequest] | AsyncIterable[ImageRequest]
-# Runs one request to its end; calls its second argument with the task id once known.
-Launch = Callable[[ImageRequest, Callable[[str], None]], Awaitable[ImageResult]]
+# Called exactly once per followed request, with its result or its error.
+Deliver = Callable[[ImageResult | None, FluxError | None], None]
+# Submits one request (calling its second argument with the task id once known) and
+# arranges for ``Deliver`` to be called; returns how to stop following it, or None
+# when it was delivered already. Raises FluxError if the submission fails.
+Follow = Callable[
+    [ImageRequest, Callable[[str], None], Deliver], Awaitable[Callable[[], None] | None]
+]
 
 
 @attrs.frozen
@@ -75,41 +88,29 @@ async def _each(requests: Requests) -> AsyncIterator[ImageRequest]:
             yield request
 
 
-class _Sequencer:
-    """Lets outcomes through in input order: index n waits for n - 1 to pass."""
-
-    def __init__(self) -> None:
-        self.next = 0
-        self._turns: dict[int, anyio.Event] = {}
-
-    async def turn(self, index: int) -> None:
-        if index != self.next:
-            await self._turns.setdefault(index, anyio.Event()).wait()
-
-    def advance(self) -> None:
-        self.next += 1
-        event = self._turns.pop(self.next, None)
-        if event is not None:
-            event.set()
-
-
 class _Run:
     """The state of one ``map`` call."""
 
     def __init__(
         self,
-        launch: Launch,
-        send: ObjectSendStream[Outcome],
+        follow: Follow,
+        send: MemoryObjectSendStream[Outcome],
+        window: anyio.Semaphore,
+        size: int,
         *,
-        window: int,
         ordered: bool,
         on_event: Callable[[MapEvent], None] | None,
     ) -> None:
-        self._launch = launch
+        self._follow = follow
         self._send = send
-        self._window = anyio.Semaphore(window)
-        self._sequencer = _Sequencer() if ordered else None
+        self._window = window
+        self._size = size
+        self._ordered = ordered
+        self._next = 0  # ordered: the index the consumer gets next
+        self._ready: dict[int, Outcome] = {}  # ordered: finished ahead of their turn
         self._on_event = on_event
+        self._stop: dict[int, Callable[[], None]] = {}  # followed, not yet delivered
+        self.failure: BaseException | None = None
         self.progress = MapProgress()
 
     def _emit(self, kind: Literal["submitted", "succeeded", "failed"], index: int,
@@ -124,60 +125,93 @@ class _Run:
         if self._on_event is not None:
             self._on_event(MapEvent(kind, index, request, self.progress, task_id, outcome))
 
-    async def _outcome(self, index: int, request: ImageRequest) -> Outcome:
+    def _deliver(self, index: int, request: ImageRequest, task_id: str | None,
+                 result: ImageResult | None, error: FluxError | None) -> None:
+        """Hand one request's outcome on (runs in whichever task learnt it)."""
+        self._stop.pop(index, None)
+        if result is not None:
+            outcome = Outcome(index, request, result=result, task_id=result.task_id)
+        else:
+            if isinstance(error, TaskError) and error.task_id:
+                task_id = error.task_id
+            outcome = Outcome(index, request, error=error, task_id=task_id)
+        try:
+            self._emit("succeeded" if outcome.ok else "failed", index, request,
+                       outcome.task_id, outcome)
+        except Exception as exc:  # the user's hook: stop the run, re-raise to the consumer
+            self.failure = self.failure or exc
+            self._send.close()
+            return
+        if not self._ordered:
+            self._push(outcome)
+            return
+        self._ready[index] = outcome
+        while self._next in self._ready:
+            self._push(self._ready.pop(self._next))
+            self._next += 1
+
+    def _push(self, outcome: Outcome) -> None:
+        # Never full: the buffer holds `window` and at most `window` are outstanding.
+        # Broken or closed: the consumer left, and the run is being cancelled.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._send.send_nowait(outcome)
+
+    async def _one(self, index: int, request: ImageRequest) -> None:
         submitted: list[str] = []
 
         def on_submitted(task_id: str) -> None:
             submitted.append(task_id)
             self._emit("submitted", index, request, task_id, None)
 
+        def deliver(result: ImageResult | None, error: FluxError | None) -> None:
+            self._deliver(index, request, next(iter(submitted), None), result, error)
+
         try:
             if not isinstance(request, (GenerateRequest, EditRequest)):
                 raise ValidationError(
                     "request", f"expected a GenerateRequest or EditRequest, got {request!r}"
                 )
-            result = await self._launch(request, on_submitted)
+            stop = await self._follow(request, on_submitted, deliver)
         except FluxError as exc:
-            task_id = exc.task_id if isinstance(exc, TaskError) else None
-            task_id = task_id or next(iter(submitted), None)
-            outcome = Outcome(index, request, error=exc, task_id=task_id)
-            self._emit("failed", index, request, outcome.task_id, outcome)
-        else:
-            outcome = Outcome(index, request, result=result, task_id=result.task_id)
-            self._emit("succeeded", index, request, outcome.task_id, outcome)
-        return outcome
-
-    async def _one(self, index: int, request: ImageRequest) -> None:
-        try:
-            outcome = await self._outcome(index, request)
-            if self._sequencer is not None:
-                await self._sequencer.turn(index)
-            try:
-                await self._send.send(outcome)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return  # the consumer left; the run is being cancelled
-            if self._sequencer is not None:
-                self._sequencer.advance()
-        finally:
-            self._window.release()
+            deliver(None, exc)
+            return
+        if stop is not None:
+            self._stop[index] = stop
 
     async def run(self, requests: Requests) -> None:
-        async with self._send, anyio.create_task_group() as group:
-            index = 0
-            async for request in _each(requests):
+        try:
+            async with anyio.create_task_group() as group:
+                index = 0
+                async for request in _each(requests):
+                    await self._window.acquire()  # given back as the consumer takes one
+                    group.start_soon(self._one, index, request)
+                    index += 1
+            # All submitted: wait until every outcome has been taken by the consumer.
+            for _ in range(self._size):
                 await self._window.acquire()
-                group.start_soon(self._one, index, request)
-                index += 1
+        finally:
+            for stop in list(self._stop.values()):  # cancelled: stop following the rest
+                stop()
+            self._stop.clear()
+            self._send.close()
 
 
 async def run_map(
-    launch: Launch,
+    follow: Follow,
     requests: Requests,
-    send: ObjectSendStream[Outcome],
+    send: MemoryObjectSendStream[Outcome],
+    window: anyio.Semaphore,
+    size: int,
     *,
-    window: int,
     ordered: bool,
     on_event: Callable[[MapEvent], None] | None,
-) -> None:
-    """Run every request through ``launch``, sending each ``Outcome`` to ``send``."""
-    await _Run(launch, send, window=window, ordered=ordered, on_event=on_event).run(requests)
+) -> BaseException | None:
+    """Run every request through ``follow``, sending each ``Outcome`` to ``send``.
+
+    ``window`` (``size`` permits, the stream's buffer size) is acquired per request
+    and released by the consumer as it takes each outcome. Returns the exception
+    a progress hook raised while delivering, if any.
+    """
+    run = _Run(follow, send, window, size, ordered=ordered, on_event=on_event)
+    await run.run(requests)
+    return run.failure
