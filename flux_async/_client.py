@@ -257,6 +257,8 @@ class FluxClient:
     async def _start(self) -> None:
         if self._closed:
             raise ClientClosedError("this FluxClient is closed")
+        if self._group is not None:
+            return  # running: no checkpoint on this per-request path
         if self._started is None:
             self._started = anyio.Event()
             self._stopping = anyio.Event()
@@ -327,10 +329,13 @@ class FluxClient:
     ) -> tuple[Submission, Entry | None]:
         """Take a slot, submit, and hand the slot to the poller's entry for the task."""
         await self._start()
-        with anyio.move_on_after(remaining(deadline)) as scope:
-            await self._slots.acquire()
-        if scope.cancelled_caught:
-            raise TaskTimeoutError(None, timeout)
+        if self._slots.value > 0:
+            self._slots.acquire_nowait()  # a free slot needs no wait, scope or checkpoint
+        else:
+            with anyio.move_on_after(remaining(deadline)) as scope:
+                await self._slots.acquire()
+            if scope.cancelled_caught:
+                raise TaskTimeoutError(None, timeout)
         if self._slots.value == 0:
             self._poller.wake()  # saturated: rounds now come every busy_poll_interval
         nonce = None

@@ -117,6 +117,20 @@ class RateLimiter:
             self._next_free = max(self._next_free, start) + 1.0 / self._current
         return start - now
 
+    def acquire_nowait(self, now: float) -> int | None:
+        """Take a turn that is free right now (returns its ticket), else None.
+
+        Nothing is reserved when it returns None: the caller then ``acquire()``s.
+        """
+        self._recover(now)
+        start = max(now, self._paused_until)
+        if self._current is not None:
+            start = max(start, self._next_free - self._slack())
+        if start > now:
+            return None
+        self.reserve(now)
+        return self._epoch
+
     async def acquire(self) -> int:
         """Wait for this caller's turn; returns a ticket to hand back to ``penalize``.
 

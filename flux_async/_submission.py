@@ -96,11 +96,12 @@ class Submitter:
         self, request: ImageRequest, callback_url: str | None, deadline: float | None,
         timeout: float | None,
     ) -> Submission:
-        ticket = None
-        with anyio.move_on_after(remaining(deadline)) as scope:
-            ticket = await self.limiter.acquire()
-        if scope.cancelled_caught:
-            raise TaskTimeoutError(None, timeout)
+        ticket = self.limiter.acquire_nowait(anyio.current_time())
+        if ticket is None:
+            with anyio.move_on_after(remaining(deadline)) as scope:
+                ticket = await self.limiter.acquire()
+            if scope.cancelled_caught:
+                raise TaskTimeoutError(None, timeout)
         try:
             # Shielded: a paid request cancelled on the wire may still create a task
             # whose id nobody would learn. It is bounded by the request timeout; the

@@ -97,3 +97,14 @@ def test_no_burst_right_after_a_pause() -> None:
     limiter.penalize(1.0, now=0.0)  # rate halves to 5/s
     waits = [limiter.reserve(0.0) for _ in range(3)]
     assert waits == pytest.approx([1.0, 1.2, 1.4])
+
+
+def test_acquire_nowait_takes_only_free_turns() -> None:
+    limiter = RateLimiter(10.0, burst=2)
+    assert limiter.acquire_nowait(0.0) == 0
+    assert limiter.acquire_nowait(0.0) == 0  # the burst
+    assert limiter.acquire_nowait(0.0) is None  # the next turn is 0.1 s away...
+    assert limiter.reserve(0.0) == pytest.approx(0.1)  # ...and was not reserved by the refusal
+    limiter.penalize(1.0, now=0.0)
+    assert limiter.acquire_nowait(0.5) is None  # paused
+    assert limiter.acquire_nowait(2.0) == 1  # a new epoch after the penalty
