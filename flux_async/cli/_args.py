@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 from flux_async import __version__
 
@@ -38,26 +39,24 @@ class UsageError(Exception):
     """Bad usage found after parsing (exit status 2, like argparse's own errors)."""
 
 
-def rate(text: str) -> float | None:
-    """A rate in requests per second; 0 means no client-side limit."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value or None
+def _zero_means_none(what: str) -> Callable[[str], float | None]:
+    """A parser of a number >= 0 (``what`` names it in errors); 0 means "no limit"."""
+
+    def parse(text: str) -> float | None:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"must be a {what} >= 0, got {text!r}")
+        return value or None
+
+    return parse
 
 
-def _seconds(text: str) -> float | None:
-    """A duration; 0 means none."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value or None
+# A rate in requests per second, and a duration; 0 means no client-side limit.
+rate = _zero_means_none("number")
+_seconds = _zero_means_none("number of seconds")
 
 
 def _positive_float(text: str) -> float:
