@@ -4,6 +4,9 @@ This is the only module that touches aiohttp's client. Its exceptions are
 translated here, once, into flux_async's transport errors, keeping the one
 distinction retries depend on: ``ConnectError`` means nothing reached the
 service, every other failure means the request may have gone out.
+
+An answer is read to its end, however many pieces it arrives in (a real link
+delivers TCP segments, not whole bodies), and never past ``MAX_ANSWER_BYTES``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import attrs
@@ -23,6 +27,7 @@ __all__ = ["Reply", "Transport"]
 # An API answer is a few KB; a batch of 100 tasks some tens of KB. Anything far
 # larger is not the protocol and is not read into memory.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
+_NOTHING = "nothing was sent"
 
 
 @attrs.frozen
@@ -57,19 +62,20 @@ class Transport:
     async def post(self, path: str, payload: Mapping[str, Any]) -> Reply:
         data = json.dumps(payload, separators=(",", ":")).encode()
         url = self._base_url + path
+        if not _is_http(url):
+            raise ConnectError(f"cannot send to {_shown(url)}: not an http(s) URL; {_NOTHING}")
         try:
             async with self._session.post(
                 url, data=data, headers=self._headers, timeout=self._timeout
             ) as response:
-                length = response.content_length
-                if length is not None and length > MAX_ANSWER_BYTES:
-                    raise ProtocolError(
-                        f"answer of {length} bytes is too large", status=response.status
-                    )
-                body = await response.content.read(MAX_ANSWER_BYTES + 1)
-                if len(body) > MAX_ANSWER_BYTES:
-                    raise ProtocolError("answer is too large", status=response.status)
+                body = await read_whole(response)
                 return Reply(response.status, response.headers, body)
+        except aiohttp.InvalidUrlRedirectClientError as exc:
+            # A redirect to a bad URL: the first request did go out.
+            raise NetworkError(f"{url} redirected to an invalid URL") from exc
+        except aiohttp.InvalidURL as exc:
+            # Refused before connecting (aiohttp's check is stricter than ours).
+            raise ConnectError(f"cannot send to {_shown(url)}: invalid URL; {_NOTHING}") from exc
         except aiohttp.ClientConnectorError as exc:
             # DNS, refused, unreachable: the request never left.
             raise ConnectError(f"cannot connect to {self._base_url}: {exc.os_error}") from exc
@@ -84,3 +90,40 @@ class Transport:
             raise NetworkError(f"connection to {url} failed: {type(exc).__name__}") from exc
         except OSError as exc:
             raise NetworkError(f"connection to {url} failed: {exc.strerror or exc}") from exc
+
+
+async def read_whole(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """The whole body of ``response``, refused once it is known to exceed ``limit``.
+
+    ``content.read(n)`` answers what has arrived so far, which through a real link
+    is the first segment or two; this reads until the end of the body.
+    """
+    length = response.content_length
+    if length is not None and length > limit:
+        raise ProtocolError(f"answer of {length} bytes is too large", status=response.status)
+    body = bytearray()
+    async for piece in response.content.iter_any():
+        body += piece
+        if len(body) > limit:
+            raise ProtocolError(
+                f"answer is too large (over {limit} bytes)", status=response.status
+            )
+    return bytes(body)
+
+
+def _is_http(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+
+
+def _shown(url: str) -> str:
+    """``url`` without any user or password part, for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return repr(url.split("@")[-1])
+    host = parts.netloc.rpartition("@")[2]
+    return repr(urlunsplit((parts.scheme, host, parts.path, "", "")))

@@ -1,5 +1,14 @@
 from __future__ import annotations
 
+import os
+
+# Every local server of this suite answers through a realistic link (1448-byte
+# pieces, 2 ms apart) unless a test names the link itself: the loopback's
+# instant, whole answers hide bugs that a real network shows at once. Set before
+# anything builds a ServerSettings (their link defaults read this variable); a
+# value in the environment wins, FLUX_LOCAL_LINK=off runs the suite on loopback.
+os.environ.setdefault("FLUX_LOCAL_LINK", "1448:0.002")
+
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +19,10 @@ from aiohttp import web
 
 from flux_async import FluxClient
 from flux_async.testing import LocalFluxServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: a scale test of tens of seconds")
 
 
 @pytest.fixture
