@@ -1,9 +1,10 @@
 """Image downloads: stream each body to a temporary file beside its target, then rename.
 
 The aiohttp GET lives here and its exceptions stop here: callers see
-``DownloadError`` (and its ``NotAnImageError``/``ImageTooLargeError``), or a
-``ValidationError`` for input refused before any request. What makes a download
-safe to run inside a server:
+``DownloadError`` (and its ``NotAnImageError``/``ImageTooLargeError``/
+``DownloadTimeoutError``), or a ``ValidationError`` for input refused before any
+request (a target that is not images, a directory that cannot be created). What
+makes a download safe to run inside a server:
 
 * Atomic files. Bytes go to ``.flux-*.part`` in the target directory (same file
   system, so the final rename is atomic), are fsynced, then linked or renamed to
@@ -17,6 +18,12 @@ safe to run inside a server:
   ``image/*``: a CDN's HTML error page is refused, not saved as ``.png``.
 * GETs are idempotent, so 5xx, 429 and broken connections are retried with the
   client's backoff; a retry starts the file over.
+* Each image has an overall deadline (``timeout``, retries included): a body
+  trickling in a byte at a time never stalls the read timeout, so only a
+  deadline bounds it. Past it: ``DownloadTimeoutError``, nothing kept.
+* A file system that refuses the bytes (disk full, quota) gives a
+  ``DownloadError`` "could not save", with the ``OSError`` as its cause; the
+  temporary file is removed even when closing it fails again.
 
 No API key is sent: image URLs are fetched without the client's headers.
 """
@@ -24,14 +31,11 @@ No API key is sent: image URLs are fetched without the client's headers.
 from __future__ import annotations
 
 import asyncio
-import mimetypes
+import math
 import os
 import re
-import tempfile
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -41,10 +45,13 @@ import attrs
 from ._errors import DownloadError, ImageTooLargeError, NotAnImageError, ValidationError
 from ._limits import Backoff
 from ._models import Image, ImageResult, check_http_url
+from ._sinks import Memory, Part, Sink
 
 __all__ = [
+    "DEFAULT_DOWNLOAD_TIMEOUT",
     "DEFAULT_MAX_IMAGE_BYTES",
     "DownloadTarget",
+    "DownloadTimeoutError",
     "Fetcher",
     "download_images",
     "fetch_bytes",
@@ -52,20 +59,14 @@ __all__ = [
 ]
 
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+#: Seconds one image may take, retries included: minutes for 50 MB on a slow link.
+DEFAULT_DOWNLOAD_TIMEOUT = 120.0
 CHUNK_BYTES = 64 * 1024
 # Long enough for a task id plus a prefix, short enough for every file system's 255.
 MAX_STEM = 96
 
 DownloadTarget = ImageResult | Image | Iterable[Image]
 
-_EXTENSIONS = {
-    "image/png": ".png",
-    "image/jpeg": ".jpg",
-    "image/jpg": ".jpg",
-    "image/pjpeg": ".jpg",
-    "image/webp": ".webp",
-    "image/gif": ".gif",
-}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # Names Windows refuses whatever the extension: a file must never be called NUL.png.
 _RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{n}" for p in ("com", "lpt") for n in range(10)}
@@ -79,6 +80,14 @@ class Fetcher:
     timeout: aiohttp.ClientTimeout
     attempts: int
     backoff: Backoff
+
+
+class DownloadTimeoutError(DownloadError, TimeoutError):
+    """An image did not arrive whole within its deadline; nothing of it is kept."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        super().__init__(f"downloading {url} timed out after {timeout:g} s", url=url)
+        self.timeout = timeout
 
 
 class _Retry(Exception):
@@ -111,27 +120,28 @@ def _url_stem(url: str) -> str:
     return safe_stem(head if dot and head else base)
 
 
-def _extension(content_type: str) -> str:
-    known = _EXTENSIONS.get(content_type)
-    if known is not None:
-        return known
-    guessed = mimetypes.guess_extension(content_type, strict=False)
-    return guessed if guessed and re.fullmatch(r"\.[a-z0-9]{1,8}", guessed) else ".img"
-
-
 def _plan(target: DownloadTarget, prefix: str | None) -> list[tuple[str, str]]:
-    """(url, name without extension) for each image, in order."""
+    """(url, name without extension) for each image, in order; bad input refused."""
     if isinstance(target, ImageResult):
         images: tuple[Image, ...] = target.images
         common: str | None = target.task_id
     elif isinstance(target, Image):
         images, common = (target,), None
-    else:
+    elif isinstance(target, Iterable) and not isinstance(target, (str, bytes, Mapping)):
         images, common = tuple(target), None
-        for image in images:
+        for index, image in enumerate(images):
             if not isinstance(image, Image):
-                raise TypeError("download() takes an ImageResult, an Image or Images")
+                raise ValidationError(
+                    f"target[{index}]", f"must be an Image, got {type(image).__name__}"
+                )
+    else:
+        raise ValidationError(
+            "target",
+            f"must be an ImageResult, an Image or Images, got {type(target).__name__}",
+        )
     if prefix is not None:
+        if not isinstance(prefix, str):
+            raise ValidationError("prefix", f"must be a string, got {type(prefix).__name__}")
         common = prefix
     plan = []
     for index, image in enumerate(images):
@@ -144,92 +154,7 @@ def _plan(target: DownloadTarget, prefix: str | None) -> list[tuple[str, str]]:
 # --- one GET -------------------------------------------------------------------------
 
 
-class _Sink:
-    """Where the bytes of one attempt go: memory, or a temporary file."""
-
-    def start(self, url: str, content_type: str) -> None:
-        raise NotImplementedError
-
-    def write(self, chunk: bytes) -> None:
-        raise NotImplementedError
-
-    def discard(self) -> None:
-        raise NotImplementedError
-
-
-class _Memory(_Sink):
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def start(self, url: str, content_type: str) -> None:
-        self.data.clear()
-
-    def write(self, chunk: bytes) -> None:
-        self.data += chunk
-
-    def discard(self) -> None:
-        self.data.clear()
-
-
-class _Part(_Sink):
-    """A temporary file in the target directory, removed unless committed."""
-
-    def __init__(self, directory: Path, name: str, overwrite: bool) -> None:
-        self.directory = directory
-        self.name = name
-        self.overwrite = overwrite
-        self.final: Path | None = None
-        self.path: Path | None = None
-        self._file: IO[bytes] | None = None
-
-    def start(self, url: str, content_type: str) -> None:
-        self.discard()  # a retry starts over
-        self.final = self.directory / (self.name + _extension(content_type))
-        if not self.overwrite and self.final.exists():
-            raise FileExistsError(f"{self.final} exists (pass overwrite=True to replace it)")
-        fd, name = tempfile.mkstemp(dir=self.directory, prefix=".flux-", suffix=".part")
-        self.path = Path(name)
-        self._file = os.fdopen(fd, "wb")
-
-    def write(self, chunk: bytes) -> None:
-        assert self._file is not None
-        self._file.write(chunk)
-
-    def discard(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
-            file.close()
-        path, self.path = self.path, None
-        if path is not None:
-            with suppress(FileNotFoundError):
-                path.unlink()
-
-    async def commit(self) -> Path:
-        assert self._file is not None
-        assert self.path is not None
-        assert self.final is not None
-        self._file.flush()
-        # Durable before visible: a crash must not leave an empty file under the final name.
-        await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
-        self._file.close()
-        self._file = None
-        if self.overwrite:
-            os.replace(self.path, self.final)
-        else:
-            try:
-                # link() fails if the name was taken meanwhile: no silent clobbering.
-                os.link(self.path, self.final)
-            except FileExistsError:
-                raise
-            except OSError:  # a file system without hard links
-                if self.final.exists():
-                    raise FileExistsError(f"{self.final} exists") from None
-                os.replace(self.path, self.final)
-        self.discard()
-        return self.final
-
-
-async def _attempt(fetcher: Fetcher, url: str, max_bytes: int, sink: _Sink) -> None:
+async def _attempt(fetcher: Fetcher, url: str, max_bytes: int, sink: Sink) -> None:
     try:
         async with fetcher.session.get(url, timeout=fetcher.timeout) as response:
             status = response.status
@@ -260,19 +185,27 @@ async def _attempt(fetcher: Fetcher, url: str, max_bytes: int, sink: _Sink) -> N
         raise _Retry(error) from exc
 
 
-async def _fetch(fetcher: Fetcher, url: str, max_bytes: int, sink: _Sink) -> None:
-    """One download into ``sink``, retried; on failure the sink is left discarded."""
+async def _fetch(
+    fetcher: Fetcher, url: str, max_bytes: int, sink: Sink, timeout: float | None
+) -> None:
+    """One download into ``sink``, retried, within ``timeout`` seconds overall.
+
+    On failure the sink is left discarded.
+    """
     check_http_url("url", url)
     try:
-        for attempt in range(1, fetcher.attempts + 1):
-            try:
-                await _attempt(fetcher, url, max_bytes, sink)
-                return
-            except _Retry as retry:
-                sink.discard()
-                if attempt >= fetcher.attempts:
-                    raise retry.error from retry.error.__cause__
-                await anyio.sleep(fetcher.backoff.delay(attempt))
+        with anyio.move_on_after(timeout):
+            for attempt in range(1, fetcher.attempts + 1):
+                try:
+                    await _attempt(fetcher, url, max_bytes, sink)
+                    return
+                except _Retry as retry:
+                    sink.discard()
+                    if attempt >= fetcher.attempts:
+                        raise retry.error from retry.error.__cause__
+                    await anyio.sleep(fetcher.backoff.delay(attempt))
+        assert timeout is not None  # only the deadline leaves the loop without an answer
+        raise DownloadTimeoutError(url, timeout)
     except BaseException:
         # Also on cancellation: nothing partial survives.
         sink.discard()
@@ -282,19 +215,48 @@ async def _fetch(fetcher: Fetcher, url: str, max_bytes: int, sink: _Sink) -> Non
 # --- entry points --------------------------------------------------------------------
 
 
-def _check_limits(concurrency: int, max_bytes: int) -> None:
+def _check_limits(concurrency: int, max_bytes: int, timeout: float | None) -> None:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValidationError("concurrency", "must be a positive integer")
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise ValidationError("max_bytes", "must be a positive integer")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValidationError("timeout", "must be a number of seconds > 0, or None for none")
 
 
-async def fetch_bytes(fetcher: Fetcher, url: str, max_bytes: int) -> bytes:
-    """The body of an image URL, in memory."""
-    _check_limits(1, max_bytes)
-    sink = _Memory()
-    await _fetch(fetcher, url, max_bytes, sink)
+async def fetch_bytes(
+    fetcher: Fetcher,
+    url: str,
+    max_bytes: int,
+    *,
+    timeout: float | None = DEFAULT_DOWNLOAD_TIMEOUT,
+) -> bytes:
+    """The body of an image URL, in memory, within ``timeout`` seconds."""
+    _check_limits(1, max_bytes, timeout)
+    sink = Memory()
+    await _fetch(fetcher, url, max_bytes, sink, timeout)
     return bytes(sink.data)
+
+
+async def _make_directory(directory: object) -> Path:
+    try:
+        folder = Path(directory)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValidationError(
+            "directory", f"must be a path, got {type(directory).__name__}"
+        ) from None
+    try:
+        await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # under a regular file, no permission, ...
+        raise ValidationError(
+            "directory", f"{folder} cannot be created: {exc.strerror or exc}"
+        ) from exc
+    return folder
 
 
 async def download_images(
@@ -306,25 +268,26 @@ async def download_images(
     concurrency: int,
     max_bytes: int,
     overwrite: bool,
+    timeout: float | None = DEFAULT_DOWNLOAD_TIMEOUT,
 ) -> list[Path]:
     """Save every image of ``target`` under ``directory``; paths in the images' order.
 
-    The first failure cancels the downloads still running (their temporary files
-    are removed) and is raised; files already complete stay.
+    Each image has ``timeout`` seconds (retries included, from when its turn
+    comes). The first failure cancels the downloads still running (their
+    temporary files are removed) and is raised; files already complete stay.
     """
-    _check_limits(concurrency, max_bytes)
+    _check_limits(concurrency, max_bytes, timeout)
     plan = _plan(target, prefix)
-    folder = Path(directory)
-    await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+    folder = await _make_directory(directory)
     paths: list[Path | None] = [None] * len(plan)
     limit = anyio.Semaphore(concurrency)
     failure: list[BaseException] = []
 
     async def one(index: int, url: str, name: str) -> None:
-        part = _Part(folder, name, overwrite)
+        part = Part(folder, name, overwrite)
         try:
             async with limit:
-                await _fetch(fetcher, url, max_bytes, part)
+                await _fetch(fetcher, url, max_bytes, part, timeout)
                 paths[index] = await part.commit()
         except Exception as exc:  # raised alone below, not inside an ExceptionGroup
             failure.append(exc)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
 from aiohttp import web
@@ -20,6 +23,14 @@ from flux_async import (
     NotAnImageError,
     ValidationError,
 )
+from flux_async._download import (
+    DEFAULT_DOWNLOAD_TIMEOUT,
+    DownloadTimeoutError,
+    Fetcher,
+    download_images,
+    fetch_bytes,
+)
+from flux_async._limits import Backoff
 from flux_async.testing import LocalFluxServer
 
 from .conftest import client_for, eventually, serve
@@ -192,7 +203,145 @@ async def test_bad_input_is_refused_before_any_request(tmp_path: Path) -> None:
             await client.download(Image("file:///etc/passwd"), tmp_path)
         with pytest.raises(ValidationError):
             await client.download(Image("http://127.0.0.1:9/x.png"), tmp_path, concurrency=0)
-        with pytest.raises(TypeError):
+        with pytest.raises(ValidationError, match=r"target\[0\]"):
             await client.download(["http://127.0.0.1:9/x.png"], tmp_path)  # type: ignore[list-item]
         empty = ImageResult("t", None, ())
         assert await client.download(empty, tmp_path) == []
+
+
+# --- deadlines ------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def trickling() -> AsyncIterator[tuple[str, list[int]]]:
+    """A server whose image body comes a byte every 20 ms, forever: never a stall."""
+    sent: list[int] = [0]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        await response.write(PNG)
+        try:
+            while True:
+                await anyio.sleep(0.02)
+                await response.write(b"\0")
+                sent[0] += 1
+        except ConnectionResetError:  # the client gave up, as it should
+            return response
+
+    app = web.Application()
+    app.router.add_get("/{name}", handler)
+    async with serve(app) as base:
+        yield base, sent
+
+
+@asynccontextmanager
+async def fetcher(read_timeout: float = 5.0) -> AsyncIterator[Fetcher]:
+    # What FluxClient builds: a read timeout that a trickle never trips.
+    timeout = aiohttp.ClientTimeout(sock_connect=5.0, sock_read=read_timeout)
+    async with aiohttp.ClientSession() as session:
+        yield Fetcher(session, timeout, 3, Backoff(base=0.01, cap=0.01))
+
+
+async def test_a_trickling_body_hits_the_per_image_deadline(tmp_path: Path) -> None:
+    assert DEFAULT_DOWNLOAD_TIMEOUT == 120.0
+    async with trickling() as (base, sent), fetcher() as fetch:
+        started = anyio.current_time()
+        with pytest.raises(DownloadTimeoutError) as info:
+            await download_images(fetch, Image(f"{base}/slow.png"), tmp_path, prefix=None,
+                                  concurrency=1, max_bytes=10_000, overwrite=False, timeout=0.5)
+        elapsed = anyio.current_time() - started
+        with pytest.raises(TimeoutError, match=r"timed out after 0\.3 s"):
+            await fetch_bytes(fetch, f"{base}/slow.png", 10_000, timeout=0.3)
+    assert 0.5 <= elapsed < 3.0
+    assert sent[0] > 5  # bytes kept coming: the read timeout alone would never fire
+    assert isinstance(info.value, DownloadError)
+    assert info.value.url == f"{base}/slow.png"
+    assert files(tmp_path) == []
+
+
+async def test_a_deadline_is_validated(tmp_path: Path) -> None:
+    async with fetcher() as fetch:
+        for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):
+            with pytest.raises(ValidationError, match="timeout"):
+                await fetch_bytes(fetch, "http://127.0.0.1:9/x.png", 10, timeout=bad)  # type: ignore[arg-type]
+
+
+# --- a full disk ----------------------------------------------------------------------
+
+
+class FullDisk:
+    """A file that refuses bytes as a full disk does: write, flush and close raise."""
+
+    def __init__(self, real: object, *, at: str) -> None:
+        self.real = real
+        self.at = at
+
+    def _full(self) -> OSError:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, data: bytes) -> int:
+        if self.at == "write":
+            raise self._full()
+        return self.real.write(data)  # type: ignore[attr-defined, no-any-return]
+
+    def flush(self) -> None:
+        raise self._full()
+
+    def fileno(self) -> int:
+        return self.real.fileno()  # type: ignore[attr-defined, no-any-return]
+
+    def close(self) -> None:
+        self.real.close()  # type: ignore[attr-defined]
+        raise self._full()  # the flush inside close fails again
+
+
+@pytest.mark.parametrize("at", ["write", "commit"])
+async def test_a_full_disk_leaves_no_part_file(
+    flux_server: LocalFluxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(
+        "flux_async._sinks.os.fdopen",
+        lambda fd, mode: FullDisk(real_fdopen(fd, mode), at=at),
+    )
+    async with client_for(flux_server, retry_backoff=0.01) as client:
+        result = await client.generate("a cat", count=2)
+        flux_server.reset_stats()
+        with pytest.raises(DownloadError, match="could not save") as info:
+            await client.download(result, tmp_path)
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.ENOSPC
+    assert files(tmp_path) == []  # no .flux-*.part, no final name
+    assert flux_server.stats.requests["files"] <= 2  # a full disk is not retried
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+async def test_bad_targets_and_directories_are_refused_before_any_request(
+    tmp_path: Path,
+) -> None:
+    regular = tmp_path / "a-file"
+    regular.write_text("x")
+    async with odd_server() as (base, hits), FluxClient("k", base_url=base) as client:
+        image = Image(f"{base}/plain.png")
+        cases: list[tuple[object, object, str]] = [
+            (None, tmp_path, "target"),
+            (42, tmp_path, "target"),
+            ("http://x/y.png", tmp_path, "target"),
+            ([image, None], tmp_path, "target[1]"),
+            ((image, image.url), tmp_path, "target[1]"),
+            (image, regular / "sub", "directory"),
+            (image, regular, "directory"),
+            (image, None, "directory"),
+        ]
+        for target, directory, field in cases:
+            with pytest.raises(ValidationError) as info:
+                await client.download(target, directory)  # type: ignore[arg-type]
+            assert info.value.field == field, (target, directory)
+        with pytest.raises(ValidationError, match="prefix"):
+            await client.download(image, tmp_path, prefix=7)  # type: ignore[arg-type]
+    assert hits == {}
+    assert regular.read_text() == "x"
+    assert files(tmp_path) == ["a-file"]
