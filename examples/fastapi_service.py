@@ -13,9 +13,6 @@ or against the real service, reachable by it at a public URL::
     ACEDATACLOUD_API_TOKEN=... FLUX_PUBLIC_URL=https://my.host \\
         uvicorn examples.fastapi_service:app --port 8000
 
-(``python examples/fastapi_service.py --local --port 8000`` does the same as the
-first, with the flags of ``web_service.py``.)
-
 Configuration, read from the environment when uvicorn imports ``app``:
 
 * ``FLUX_PUBLIC_URL``: where the API reaches this app (callbacks go to
@@ -44,7 +41,6 @@ as the app; uvicorn's access log masks the callback token (``TokenLogFilter``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -208,21 +204,3 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 app = create_app(**settings_from_env())
 
-
-def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--local", action="store_true", help="use an in-process local server")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--public-url", help="URL the API reaches this app at (callbacks)")
-    args = parser.parse_args(argv)
-    public_url = args.public_url or f"http://{args.host}:{args.port}"
-    service = create_app(public_url, local=args.local)
-    print(json.dumps({"listening": f"http://{args.host}:{args.port}", "callbacks": public_url}))
-    uvicorn.run(service, host=args.host, port=args.port)
-
-
-if __name__ == "__main__":
-    main()

@@ -35,8 +35,8 @@ from flux_async.asgi import (
 )
 from flux_async.testing import LocalFluxServer, ServerSettings
 
-from .conftest import eventually
-from .test_callbacks import FORGERIES, SECRET, _body, _hook, _token, chunked, queries
+from .conftest import eventually, serve
+from .test_callbacks import FORGERIES, SECRET, _body, _hook, _token, forge, queries
 
 pytestmark = pytest.mark.anyio
 
@@ -68,16 +68,8 @@ async def recording_proxy(server: LocalFluxServer) -> AsyncIterator[tuple[str, d
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
-    async with aiohttp.ClientSession() as session:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            host, port = runner.addresses[0][:2]
-            yield f"http://{host}:{port}", urls
-        finally:
-            await runner.cleanup()
+    async with aiohttp.ClientSession() as session, serve(app) as base:
+        yield base, urls
 
 
 def bound_socket() -> socket.socket:
@@ -165,28 +157,9 @@ async def test_callbacks_resolve_waits_without_any_task_query(attach: str) -> No
 
 @pytest.mark.parametrize("kind", list(FORGERIES))
 async def test_a_forged_callback_changes_nothing(kind: str) -> None:
-    build, status = FORGERIES[kind]
     async with LocalFluxServer(ServerSettings(generation_time=60.0, seed=32)) as server:
         async with asgi_service(server) as service:
-            client, receiver = service.client, service.receiver
-            target = await client.submit(GenerateRequest("target"))
-            await client.submit(GenerateRequest("other"))
-            url, body = build(service.urls["target"], service.urls["other"], target.id)
-            if isinstance(body, list):  # sent chunked: no Content-Length to judge by
-                data: Any = chunked(body)
-            else:
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            async with aiohttp.ClientSession() as session:
-                async with session.post(url, data=data) as response:
-                    assert response.status == status, await response.text()
-                    assert (await response.json())["ok"] is False
-            assert client.in_flight == 2  # neither task resolved
-            assert sum(receiver.counts.values()) == 1
-            assert receiver.counts["resolved"] == receiver.counts["held"] == 0
-            await server.finish_all()
-            result = await client.wait(target, timeout=10)
-    assert result.urls == [server.image_url(f"{target.id}-0.png")]
-    assert queries(server) == 0
+            await forge(kind, server, service.client, service.receiver, service.urls)
 
 
 @pytest.mark.parametrize(
