@@ -344,3 +344,10 @@ async def test_the_fastapi_example_under_uvicorn(tmp_path: Path) -> None:
     assert output.count('"POST /flux/callback?flux_token=<hidden> HTTP/1.1" 200') == jobs
     assert not any(_token(url) in output for url in urls.values())
     assert "Application shutdown complete" in output
+
+
+def test_the_callback_secret_never_shows() -> None:
+    client = FluxClient("k", callback_url="http://127.0.0.1:9/cb", callback_secret=SECRET)
+    route = callback_route(client=client)
+    assert SECRET not in repr(route.receiver) + repr(vars(route.receiver))
+    assert repr(route.receiver).startswith("<CallbackReceiver max_body=262144")
