@@ -453,7 +453,7 @@ def test_missing_key_is_one_line_and_status_2(tmp_path: Path) -> None:
         (["batch", "prompts.txt", "--out", "prompts.txt"], "exists and is not a directory"),
         (["generate", "a cat", "--count", "x"], "--count: must be a whole number"),
         (["edit", "x", "--image-url", "cat.png"], "image_url: must be an absolute http(s) URL"),
-        (["edit", "x"], "the following arguments are required: --image-url"),
+        (["edit", "x"], "one of the arguments --image --image-url is required"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )

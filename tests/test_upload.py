@@ -39,6 +39,8 @@ from flux_async.testing import Faults, LocalFluxServer, ServerSettings
 from flux_async.testing._png import render_png
 
 from .conftest import client_for, serve
+from .test_cli import FAST, ROOT, Server, cli, is_png, manifest, no_traceback
+from .test_cli import server as server  # the fixture: `flux-async serve` in a process
 
 PNG = render_png("upload-test.png")
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 64
@@ -47,13 +49,13 @@ WEBP = b"RIFF" + (36).to_bytes(4, "little") + b"WEBPVP8 " + b"\x00" * 32
 
 
 @pytest.fixture
-async def server() -> Any:
+async def local() -> Any:
     async with LocalFluxServer(ServerSettings(generation_time=0.05, seed=7)) as running:
         yield running
 
 
-def sent(server: LocalFluxServer) -> int:
-    return sum(server.stats.requests.values())
+def sent(local: LocalFluxServer) -> int:
+    return sum(local.stats.requests.values())
 
 
 # --- checks without I/O --------------------------------------------------------------
@@ -202,30 +204,30 @@ def test_where_uploads_go() -> None:
 
 @pytest.mark.anyio
 async def test_an_upload_is_hosted_and_gets_back_the_same_bytes(
-    server: LocalFluxServer, tmp_path: Path
+    local: LocalFluxServer, tmp_path: Path
 ) -> None:
     path = _write(tmp_path / "cat.png", PNG)
-    async with client_for(server) as client, aiohttp.ClientSession() as session:
+    async with client_for(local) as client, aiohttp.ClientSession() as session:
         # Four uploads meet the four answer shapes the server rotates through.
         urls = [await client.upload(source) for source in (path, str(path), PNG, JPEG)]
         for url, data, kind in zip(urls, (PNG, PNG, PNG, JPEG),
                                    ("image/png",) * 3 + ("image/jpeg",), strict=True):
-            assert url.startswith(f"{server.url}/files/uploads/")
+            assert url.startswith(f"{local.url}/files/uploads/")
             async with session.get(url) as response:
                 assert response.status == 200
                 assert response.content_type == kind
                 assert await response.read() == data
-    assert server.stats.requests["uploads"] == 4
+    assert local.stats.requests["uploads"] == 4
     assert len(set(urls)) == 4
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", ["path", "bytes", "pathlike_alias"])
 async def test_edit_a_local_image_end_to_end(
-    server: LocalFluxServer, tmp_path: Path, kind: str
+    local: LocalFluxServer, tmp_path: Path, kind: str
 ) -> None:
     path = _write(tmp_path / "cat.png", PNG)
-    async with client_for(server) as client:
+    async with client_for(local) as client:
         if kind == "path":
             result = await client.edit("make it blue", image=str(path))
         elif kind == "bytes":
@@ -234,23 +236,23 @@ async def test_edit_a_local_image_end_to_end(
             result = await client.edit("make it blue", image_url=path)  # the older name
         task = await client.get_task(result.task_id)
         sent_url = task.raw["request"]["image_url"]
-        assert sent_url.startswith(f"{server.url}/files/uploads/")
-        assert server.uploads.files[sent_url.rsplit("/", 1)[1]][0] == PNG
+        assert sent_url.startswith(f"{local.url}/files/uploads/")
+        assert local.uploads.files[sent_url.rsplit("/", 1)[1]][0] == PNG
         [image] = result.images
         assert (await client.fetch_image(image)).startswith(b"\x89PNG")
-    assert server.stats.requests["uploads"] == 1
-    assert server.stats.requests["images"] == 1
+    assert local.stats.requests["uploads"] == 1
+    assert local.stats.requests["images"] == 1
 
 
 @pytest.mark.anyio
-async def test_a_url_is_passed_on_without_an_upload(server: LocalFluxServer) -> None:
-    async with client_for(server) as client:
+async def test_a_url_is_passed_on_without_an_upload(local: LocalFluxServer) -> None:
+    async with client_for(local) as client:
         result = await client.edit("make it blue", image="https://example.com/cat.png")
         task = await client.get_task(result.task_id)
         with pytest.raises(ValidationError, match="image: is already a URL"):
             await client.upload("https://example.com/cat.png")
     assert task.raw["request"]["image_url"] == "https://example.com/cat.png"
-    assert "uploads" not in server.stats.requests
+    assert "uploads" not in local.stats.requests
 
 
 @pytest.mark.anyio
@@ -270,7 +272,7 @@ async def test_a_url_is_passed_on_without_an_upload(server: LocalFluxServer) -> 
     ],
 )
 async def test_refusals_send_nothing(
-    server: LocalFluxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    local: LocalFluxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     arguments: dict[str, Any], field: str, message: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -278,19 +280,19 @@ async def test_refusals_send_nothing(
     _write(tmp_path / "page.png", b"<html></html>")
     _sparse(tmp_path / "big.png", 26 * 1024 * 1024)
     prompt = arguments.pop("prompt", "make it blue")
-    async with client_for(server) as client:
+    async with client_for(local) as client:
         with pytest.raises(ValidationError, match=message) as caught:
             await client.edit(prompt, **arguments)
         if "image" in arguments and "image_url" not in arguments and field == "image":
             with pytest.raises(ValidationError, match=message):
                 await client.upload(arguments["image"])
     assert caught.value.field == field
-    assert sent(server) == 0
+    assert sent(local) == 0
 
 
 @pytest.mark.anyio
 async def test_an_unreadable_file_sends_nothing(
-    server: LocalFluxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    local: LocalFluxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = _write(tmp_path / "cat.png", PNG)
 
@@ -298,64 +300,64 @@ async def test_an_unreadable_file_sends_nothing(
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(Path, "open", denied)
-    async with client_for(server) as client:
+    async with client_for(local) as client:
         with pytest.raises(ValidationError, match="Permission denied"):
             await client.edit("make it blue", image=path)
-    assert sent(server) == 0
+    assert sent(local) == 0
 
 
 @pytest.mark.anyio
-async def test_failed_uploads_are_tried_again(server: LocalFluxServer) -> None:
+async def test_failed_uploads_are_tried_again(local: LocalFluxServer) -> None:
     # 5xx, gateway pages and resets before and after the upload was stored: none is
     # billed, each is tried again (a reset after storing leaves a spare copy).
-    server.uploads.faults = Faults(server_error=0.2, gateway_page=0.2, reset_before=0.1,
+    local.uploads.faults = Faults(server_error=0.2, gateway_page=0.2, reset_before=0.1,
                                    reset_after=0.1)
-    async with client_for(server, retry_backoff=0.001, max_retries=8) as client:
+    async with client_for(local, retry_backoff=0.001, max_retries=8) as client:
         urls = [await client.upload(PNG) for _ in range(8)]
         async with aiohttp.ClientSession() as session:
             for url in urls:
                 async with session.get(url) as response:
                     assert await response.read() == PNG
-    injected = server.stats.faults_injected
+    injected = local.stats.faults_injected
     assert {"uploads:server_error", "uploads:gateway_page", "uploads:reset_before",
             "uploads:reset_after"} <= set(injected)
-    assert server.stats.requests["uploads"] == 8 + sum(injected.values())
+    assert local.stats.requests["uploads"] == 8 + sum(injected.values())
 
 
 @pytest.mark.anyio
 async def test_a_5xx_that_lasts_is_a_server_error_after_max_retries(
-    server: LocalFluxServer,
+    local: LocalFluxServer,
 ) -> None:
-    server.uploads.faults = Faults(server_error=1.0)
-    async with client_for(server, retry_backoff=0.001, max_retries=3) as client:
+    local.uploads.faults = Faults(server_error=1.0)
+    async with client_for(local, retry_backoff=0.001, max_retries=3) as client:
         with pytest.raises(ServerError) as caught:
             await client.upload(PNG)
     assert caught.value.status == 500
     assert caught.value.code == "api_error"
     assert caught.value.trace_id
-    assert server.stats.requests["uploads"] == 3
+    assert local.stats.requests["uploads"] == 3
 
 
 @pytest.mark.anyio
 async def test_auth_errors_are_typed_not_retried_and_the_key_is_never_logged(
-    server: LocalFluxServer, caplog: pytest.LogCaptureFixture
+    local: LocalFluxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="flux_async")
-    server.set_token_state(server.token, "invalid")
-    async with client_for(server) as client:
+    local.set_token_state(local.token, "invalid")
+    async with client_for(local) as client:
         with pytest.raises(AuthenticationError) as caught:
             await client.upload(PNG)
     assert caught.value.status == 401
     assert caught.value.trace_id
-    assert server.stats.requests["uploads"] == 1
+    assert local.stats.requests["uploads"] == 1
     assert "uploading image.png" in caplog.text
-    assert server.token not in caplog.text + str(caught.value)
+    assert local.token not in caplog.text + str(caught.value)
 
 
 @pytest.mark.anyio
-async def test_the_local_server_checks_uploads_itself(server: LocalFluxServer) -> None:
-    url = f"{server.url}/files/upload"
-    auth = {"authorization": f"Bearer {server.token}"}
+async def test_the_local_server_checks_uploads_itself(local: LocalFluxServer) -> None:
+    url = f"{local.url}/files/upload"
+    auth = {"authorization": f"Bearer {local.token}"}
 
     def form(data: bytes, field: str = "file") -> aiohttp.FormData:
         body = aiohttp.FormData()
@@ -382,10 +384,10 @@ async def test_the_local_server_checks_uploads_itself(server: LocalFluxServer) -
         async with session.get(read_upload_answer(answer)) as response:
             assert response.content_type == "image/gif"
             assert await response.read() == GIF
-        async with session.get(f"{server.url}/files/uploads/nothing.png") as response:
+        async with session.get(f"{local.url}/files/uploads/nothing.png") as response:
             assert response.status == 404
-    assert server.stats.requests["uploads"] == 6
-    assert len(server.uploads.files) == 1
+    assert local.stats.requests["uploads"] == 6
+    assert len(local.uploads.files) == 1
 
 
 @pytest.mark.anyio
@@ -435,3 +437,103 @@ async def test_an_answer_without_a_url_is_a_protocol_error_not_retried() -> None
             with pytest.raises(ProtocolError, match="no http"):
                 await client.upload(PNG)
     assert calls == 1
+
+
+# --- the command line ----------------------------------------------------------------
+
+
+def env_of(server: Server) -> dict[str, str]:
+    """The server's environment, importing this checkout's flux_async from any cwd."""
+    env = server.env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def test_cli_edit_a_local_file(server: Server, tmp_path: Path) -> None:
+    _write(tmp_path / "cat.png", PNG)
+    result = cli("edit", "make it blue", "--image", "cat.png", "--out", "out", "--json",
+                 "--poll-interval", "0.05", env=env_of(server), cwd=tmp_path)
+    no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    [path] = json.loads(result.stdout)["files"]
+    assert is_png(tmp_path / path)
+    requests = server.stats()["requests"]
+    assert requests["uploads"] == 1
+    assert requests["images"] == 1
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [("missing.png", "image: no such file"), (".", "is a directory"),
+     ("page.png", "not a PNG, JPEG, WebP or GIF image"), ("ftp://x/cat.png", "not supported")],
+)
+def test_cli_edit_refuses_a_bad_file_before_sending(
+    server: Server, tmp_path: Path, image: str, message: str
+) -> None:
+    _write(tmp_path / "page.png", b"<html></html>")
+    result = cli("edit", "make it blue", "--image", image, env=env_of(server), cwd=tmp_path)
+    no_traceback(result)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert server.stats()["requests"] == {}
+
+
+def test_cli_edit_a_url_is_not_uploaded(tmp_path: Path) -> None:
+    result = cli("edit", "make it blue", "--image", "https://example.com/cat.png",
+                 "--out", str(tmp_path), "--local", *FAST[:4])
+    assert result.returncode == 0, result.stderr
+    [path] = result.stdout.split()
+    assert is_png(Path(path))
+
+
+def test_batch_lines_with_local_images(server: Server, tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    (jobs / "pics").mkdir(parents=True)
+    _write(jobs / "pics" / "cat.png", PNG)
+    _write(jobs / "dog.jpg", JPEG)
+    _write(jobs / "page.png", b"<html></html>")
+    source = jobs / "edits.jsonl"
+    source.write_text(
+        '{"prompt": "make it blue", "image": "pics/cat.png"}\n'
+        '{"prompt": "make it red", "image": "dog.jpg", "model": "flux-kontext-pro"}\n'
+        '{"prompt": "by url", "image": "https://example.com/cat.png"}\n'
+        '{"prompt": "missing", "image": "nope.png"}\n'
+        '{"prompt": "not an image", "image": "page.png"}\n'
+        '{"prompt": "both", "image": "dog.jpg", "image_url": "https://example.com/c.png"}\n'
+        '{"prompt": "a cat", "image": "dog.jpg", "action": "generate"}\n'
+    )
+    out = tmp_path / "out"
+    # Run from elsewhere: image paths are relative to the batch file, not the cwd.
+    result = cli("batch", str(source), "--out", str(out), *FAST[2:], env=env_of(server),
+                 cwd=tmp_path)
+    no_traceback(result)
+    assert result.returncode == 1, result.stderr
+    records = manifest(out)
+    assert {n: r["status"] for n, r in records.items()} == {
+        1: "done", 2: "done", 3: "done", 4: "invalid", 5: "invalid", 6: "invalid",
+        7: "invalid",
+    }
+    assert "no such file" in records[4]["error"]
+    assert "not a PNG" in records[5]["error"]
+    assert "not both" in records[6]["error"]
+    assert "only for edits" in records[7]["error"]
+    for line in (1, 2):
+        assert records[line]["request"]["image_url"].startswith(f"{server.url}/files/uploads/")
+    assert records[3]["request"]["image_url"] == "https://example.com/cat.png"
+    stats = server.stats()
+    assert stats["requests"]["uploads"] == 2
+    assert stats["requests"]["images"] == 3
+
+    # Again: the done lines are known by their files' content, not by the upload's
+    # URL, so nothing is uploaded or paid for twice.
+    again = cli("batch", str(source), "--out", str(out), *FAST[2:], env=env_of(server))
+    assert again.returncode == 1, again.stderr
+    assert server.stats()["requests"]["uploads"] == 2
+    assert server.stats()["requests"]["images"] == 3
+    # An edited file is a new line.
+    _write(jobs / "dog.jpg", JPEG + b"\x00")
+    third = cli("batch", str(source), "--out", str(out), *FAST[2:], env=env_of(server))
+    assert third.returncode == 1, third.stderr
+    assert "line changed" in third.stderr
+    assert server.stats()["requests"]["uploads"] == 3
+    assert server.stats()["requests"]["images"] == 4
