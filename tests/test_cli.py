@@ -40,6 +40,10 @@ FAST = ["--local-generation-time", "0.05,0.2", "--poll-interval", "0.05", "--rat
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL", "COLUMNS")}
+    # A relative PYTHONPATH (the documented `PYTHONPATH=.`) names another directory
+    # once a CLI runs with cwd=tmp_path, which then tests the installed package.
+    paths = env.get("PYTHONPATH", "").split(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in paths if p)
     env.update(extra)
     return env
 

@@ -39,7 +39,7 @@ from flux_async.testing import Faults, LocalFluxServer, ServerSettings
 from flux_async.testing._png import render_png
 
 from .conftest import client_for, serve
-from .test_cli import FAST, ROOT, Server, cli, is_png, manifest, no_traceback
+from .test_cli import FAST, Server, cli, is_png, manifest, no_traceback
 from .test_cli import server as server  # the fixture: `flux-async serve` in a process
 
 PNG = render_png("upload-test.png")
@@ -442,17 +442,10 @@ async def test_an_answer_without_a_url_is_a_protocol_error_not_retried() -> None
 # --- the command line ----------------------------------------------------------------
 
 
-def env_of(server: Server) -> dict[str, str]:
-    """The server's environment, importing this checkout's flux_async from any cwd."""
-    env = server.env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 def test_cli_edit_a_local_file(server: Server, tmp_path: Path) -> None:
     _write(tmp_path / "cat.png", PNG)
     result = cli("edit", "make it blue", "--image", "cat.png", "--out", "out", "--json",
-                 "--poll-interval", "0.05", env=env_of(server), cwd=tmp_path)
+                 "--poll-interval", "0.05", env=server.env(), cwd=tmp_path)
     no_traceback(result)
     assert result.returncode == 0, result.stderr
     [path] = json.loads(result.stdout)["files"]
@@ -471,7 +464,7 @@ def test_cli_edit_refuses_a_bad_file_before_sending(
     server: Server, tmp_path: Path, image: str, message: str
 ) -> None:
     _write(tmp_path / "page.png", b"<html></html>")
-    result = cli("edit", "make it blue", "--image", image, env=env_of(server), cwd=tmp_path)
+    result = cli("edit", "make it blue", "--image", image, env=server.env(), cwd=tmp_path)
     no_traceback(result)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
@@ -504,7 +497,7 @@ def test_batch_lines_with_local_images(server: Server, tmp_path: Path) -> None:
     )
     out = tmp_path / "out"
     # Run from elsewhere: image paths are relative to the batch file, not the cwd.
-    result = cli("batch", str(source), "--out", str(out), *FAST[2:], env=env_of(server),
+    result = cli("batch", str(source), "--out", str(out), *FAST[2:], env=server.env(),
                  cwd=tmp_path)
     no_traceback(result)
     assert result.returncode == 1, result.stderr
@@ -526,13 +519,13 @@ def test_batch_lines_with_local_images(server: Server, tmp_path: Path) -> None:
 
     # Again: the done lines are known by their files' content, not by the upload's
     # URL, so nothing is uploaded or paid for twice.
-    again = cli("batch", str(source), "--out", str(out), *FAST[2:], env=env_of(server))
+    again = cli("batch", str(source), "--out", str(out), *FAST[2:], env=server.env())
     assert again.returncode == 1, again.stderr
     assert server.stats()["requests"]["uploads"] == 2
     assert server.stats()["requests"]["images"] == 3
     # An edited file is a new line.
     _write(jobs / "dog.jpg", JPEG + b"\x00")
-    third = cli("batch", str(source), "--out", str(out), *FAST[2:], env=env_of(server))
+    third = cli("batch", str(source), "--out", str(out), *FAST[2:], env=server.env())
     assert third.returncode == 1, third.stderr
     assert "line changed" in third.stderr
     assert server.stats()["requests"]["uploads"] == 3
