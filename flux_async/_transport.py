@@ -3,7 +3,8 @@
 This is the only module that touches aiohttp's client. Its exceptions are
 translated here, once, into flux_async's transport errors, keeping the one
 distinction retries depend on: ``ConnectError`` means nothing reached the
-service, every other failure means the request may have gone out.
+service (a refused connection, or a URL that could not be used at all), every
+other failure means the request may have gone out.
 
 An answer is read to its end, however many pieces it arrives in (a real link
 delivers TCP segments, not whole bodies), and never past ``MAX_ANSWER_BYTES``.
@@ -22,7 +23,7 @@ import attrs
 
 from ._errors import ConnectError, NetworkError, ProtocolError, RequestTimeoutError
 
-__all__ = ["Reply", "Transport"]
+__all__ = ["Reply", "Transport", "read_whole"]
 
 # An API answer is a few KB; a batch of 100 tasks some tens of KB. Anything far
 # larger is not the protocol and is not read into memory.
@@ -40,7 +41,7 @@ class Reply:
 
 
 class Transport:
-    """POSTs JSON to the API over one ``aiohttp.ClientSession``."""
+    """POSTs to the API over one ``aiohttp.ClientSession``."""
 
     def __init__(
         self,
@@ -60,36 +61,59 @@ class Transport:
         return f"<Transport {self._base_url}>"
 
     async def post(self, path: str, payload: Mapping[str, Any]) -> Reply:
+        """POST ``payload`` as JSON to ``path`` under the base URL."""
         data = json.dumps(payload, separators=(",", ":")).encode()
-        url = self._base_url + path
+        return await self._send(self._base_url + path, data, self._headers, self._timeout)
+
+    async def post_form(
+        self, url: str, body: bytes, content_type: str, *, timeout: aiohttp.ClientTimeout
+    ) -> Reply:
+        """POST a prepared (multipart) body to a full URL with the API's headers.
+
+        For uploads, whose host may differ from the API's.
+        """
+        headers = {**self._headers, "content-type": content_type}
+        return await self._send(url, body, headers, timeout)
+
+    async def _send(
+        self,
+        url: str,
+        data: bytes,
+        headers: Mapping[str, str],
+        timeout: aiohttp.ClientTimeout,
+    ) -> Reply:
         if not _is_http(url):
             raise ConnectError(f"cannot send to {_shown(url)}: not an http(s) URL; {_NOTHING}")
         try:
             async with self._session.post(
-                url, data=data, headers=self._headers, timeout=self._timeout
+                url, data=data, headers=headers, timeout=timeout
             ) as response:
                 body = await read_whole(response)
                 return Reply(response.status, response.headers, body)
         except aiohttp.InvalidUrlRedirectClientError as exc:
             # A redirect to a bad URL: the first request did go out.
-            raise NetworkError(f"{url} redirected to an invalid URL") from exc
+            raise NetworkError(f"{_shown(url)} redirected to an invalid URL") from exc
         except aiohttp.InvalidURL as exc:
             # Refused before connecting (aiohttp's check is stricter than ours).
             raise ConnectError(f"cannot send to {_shown(url)}: invalid URL; {_NOTHING}") from exc
         except aiohttp.ClientConnectorError as exc:
             # DNS, refused, unreachable: the request never left.
-            raise ConnectError(f"cannot connect to {self._base_url}: {exc.os_error}") from exc
+            raise ConnectError(f"cannot connect to {_shown(url)}: {exc.os_error}") from exc
         except aiohttp.ConnectionTimeoutError as exc:
-            raise ConnectError(f"connecting to {self._base_url} timed out") from exc
+            raise ConnectError(f"connecting to {_shown(url)} timed out") from exc
         except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-            raise RequestTimeoutError(f"no answer from {url} in time") from exc
+            raise RequestTimeoutError(f"no answer from {_shown(url)} in time") from exc
         except aiohttp.ClientPayloadError as exc:
-            raise ProtocolError(f"answer from {url} was cut off: {exc}") from exc
+            raise ProtocolError(f"answer from {_shown(url)} was cut off: {exc}") from exc
         except aiohttp.ClientError as exc:
             # Disconnects, resets, malformed HTTP: the request may have been received.
-            raise NetworkError(f"connection to {url} failed: {type(exc).__name__}") from exc
+            raise NetworkError(
+                f"connection to {_shown(url)} failed: {type(exc).__name__}"
+            ) from exc
         except OSError as exc:
-            raise NetworkError(f"connection to {url} failed: {exc.strerror or exc}") from exc
+            raise NetworkError(
+                f"connection to {_shown(url)} failed: {exc.strerror or exc}"
+            ) from exc
 
 
 async def read_whole(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
@@ -120,10 +144,10 @@ def _is_http(url: str) -> bool:
 
 
 def _shown(url: str) -> str:
-    """``url`` without any user or password part, for messages."""
+    """``url`` for messages: without a user or password part, query or fragment."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return repr(url.split("@")[-1])
+        return url.rpartition("@")[2]
     host = parts.netloc.rpartition("@")[2]
-    return repr(urlunsplit((parts.scheme, host, parts.path, "", "")))
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
