@@ -410,7 +410,7 @@ def test_jsonl_lines_with_their_own_fields_and_a_malformed_line(tmp_path: Path) 
     }
     assert records[1]["files"] == ["00001-cats-0.png", "00001-cats-1.png"]
     assert records[3]["request"]["action"] == "edit"
-    assert records[6]["request"]["model"] == "flux-pro-1.1"
+    assert records[6]["request"]["model"] == "flux-pro-1.1-ultra"
     assert "2 failed (invalid_input 2)" in result.stdout
 
 
