@@ -474,7 +474,9 @@ class FluxClient:
         """
         task_id = task.id if isinstance(task, Task) else task
         if not isinstance(task_id, str) or not task_id.strip():
-            raise ValidationError("task", f"must be a Task or a non-empty task id, got {task!r}")
+            raise ValidationError(
+                "task", f"must be a Task or a non-empty task id, got {task!r:.80}"
+            )
         timeout = resolve_timeout(timeout, self.timeout)
         known = task if isinstance(task, Task) and task.status.finished else None
         known = known or self._poller.recent.get(task_id)
@@ -498,10 +500,13 @@ class FluxClient:
         Ids the service does not know are left out, as the service leaves them out.
         """
         if isinstance(task_ids, (str, bytes)) or not isinstance(task_ids, Iterable):
-            raise ValidationError("task_ids", f"must be an iterable of task ids, got {task_ids!r}")
-        ids = list(dict.fromkeys(task_ids))
-        for task_id in ids:
+            raise ValidationError(
+                "task_ids", f"must be an iterable of task ids, got {task_ids!r:.80}"
+            )
+        given = list(task_ids)
+        for task_id in given:
             _check_task_id("task_ids", task_id)
+        ids = list(dict.fromkeys(given))
         size = self._poller.chunk_size
         found: dict[str, Task] = {}
         for start in range(0, len(ids), size):
@@ -608,9 +613,11 @@ class FluxClient:
         if isinstance(requests, (str, bytes, GenerateRequest, EditRequest)) or not isinstance(
             requests, (Iterable, AsyncIterable)
         ):
-            raise ValidationError("requests", f"must be an iterable of requests, got {requests!r}")
+            raise ValidationError(
+                "requests", f"must be an iterable of requests, got {requests!r:.80}"
+            )
         if on_event is not None and not callable(on_event):
-            raise ValidationError("on_event", f"must be callable, got {on_event!r}")
+            raise ValidationError("on_event", f"must be callable, got {on_event!r:.80}")
         timeout = resolve_timeout(timeout, self.timeout)
         await self._start()
         size = self.max_concurrency
@@ -715,7 +722,7 @@ class FluxClient:
 
 def _check_task_id(field: str, value: object) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise ValidationError(field, f"a task id is a non-empty string, got {value!r}")
+        raise ValidationError(field, f"a task id is a non-empty string, got {value!r:.80}")
 
 
 def _result_of(task: Task) -> ImageResult:

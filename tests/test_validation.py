@@ -144,6 +144,8 @@ ROWS: list[tuple[str, Call, type[FluxError], str]] = [
     ("get-tasks-junk", called(lambda c: c.get_tasks([1, None])), ValidationError, "task_ids"),  # type: ignore[list-item]
     ("get-tasks-mixed", called(lambda c: c.get_tasks(["t-1", ""])), ValidationError,
      "task_ids"),
+    ("get-tasks-unhashable", called(lambda c: c.get_tasks([["t-1"]])), ValidationError,  # type: ignore[list-item]
+     "task_ids"),
     ("get-tasks-int", called(lambda c: c.get_tasks(5)), ValidationError, "task_ids"),  # type: ignore[arg-type]
     # --- generate / edit ----------------------------------------------------------------
     ("generate-int", called(lambda c: c.generate(123)), ValidationError, "prompt"),  # type: ignore[arg-type]
