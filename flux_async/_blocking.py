@@ -59,7 +59,8 @@ class Loop:
 
     def __init__(self, make_client: Callable[[], AsyncFluxClient], *, name: str) -> None:
         self.pid = os.getpid()
-        self.active = 0  # calls running in the portal (read by tests)
+        self._calls: set[anyio.CancelScope] = set()
+        self._idle: anyio.Event | None = None
         self._lock = threading.RLock()
         self._closed = False
         self._stopper: asyncio.Task[None] | None = None
@@ -102,20 +103,31 @@ class Loop:
 
     def start(self, fn: Callable[[], Awaitable[T]]) -> Future[T]:
         """Start ``fn()`` as a task in the portal; its future."""
+        if self.pid != os.getpid():  # checked first: a fork may have copied a held lock
+            raise ClientClosedError("this FluxClient's event loop stayed in the parent "
+                                    "process (the process was forked)")
         with self._lock:
             if self._closed:
                 raise ClientClosedError("this FluxClient is closed")
-            if self.pid != os.getpid():
-                raise ClientClosedError("this FluxClient's event loop stayed in the parent "
-                                        "process (the process was forked)")
             return self._portal.start_task_soon(self._tracked, fn)
 
+    @property
+    def active(self) -> int:
+        """Calls running on the loop now."""
+        return len(self._calls)
+
     async def _tracked(self, fn: Callable[[], Awaitable[T]]) -> T:
-        self.active += 1
-        try:
-            return await fn()
-        finally:
-            self.active -= 1
+        if self._closed:  # started just before close(): never begun
+            raise ClientClosedError("this FluxClient is closed")
+        with anyio.CancelScope() as scope:
+            self._calls.add(scope)
+            try:
+                return await fn()
+            finally:
+                self._calls.discard(scope)
+                if not self._calls and self._idle is not None:
+                    self._idle.set()
+        raise ClientClosedError("the FluxClient was closed while waiting")  # close() cancelled it
 
     def result(self, future: Future[T]) -> T:
         """Wait for a call's outcome in this thread; an interruption cancels the call."""
@@ -146,12 +158,14 @@ class Loop:
 
     def close(self) -> None:
         """Close the client, cancel the calls still running, stop and join the thread."""
+        if self.pid != os.getpid():  # forked: no thread here to stop, locks may be held
+            self._closed = True
+            _OPEN.discard(self)
+            return
         with self._lock:
             already, self._closed = self._closed, True
         with _OPEN_LOCK:
             _OPEN.discard(self)
-        if self.pid != os.getpid():
-            return  # forked: there is no thread here to stop
         if self.on_loop_thread:
             # Dropped by code running on the loop itself: nothing here may block.
             if not already:
@@ -159,19 +173,40 @@ class Loop:
             return
         if not already:
             try:
-                self._portal.call(self.client.aclose)
+                self._portal.call(self._shutdown)
             finally:
                 self._stop()
         self.thread.join()
 
-    async def _close_here(self) -> None:
+    async def _shutdown(self) -> None:
+        # Calls first, then the client: closing the client first would hand a freed
+        # slot to a call queued for one, which would then submit (and pay) during
+        # close. A submission already on the wire is shielded in the client: it
+        # completes, its task id is logged, then its cancellation takes effect.
+        if self._calls:
+            self._idle = anyio.Event()
+            for scope in list(self._calls):
+                scope.cancel()
+            await self._idle.wait()
         await self.client.aclose()
+
+    async def _close_here(self) -> None:
+        await self._shutdown()
         await self._portal.stop(cancel_remaining=True)
 
     def _stop(self) -> None:
         with contextlib.suppress(RuntimeError):  # stopped already
             self._portal.call(self._portal.stop, True)
         self.thread.join()
+
+
+def _after_fork() -> None:
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 @atexit.register
