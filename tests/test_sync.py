@@ -458,6 +458,36 @@ async def test_ctrl_c_in_a_blocked_call_stops_the_script_cleanly(
 
 
 @pytest.mark.anyio
+async def test_a_caught_ctrl_c_has_cancelled_the_call(tmp_path: pathlib.Path) -> None:
+    script = _script(tmp_path, """
+        import sys, time
+        from flux_async.sync import FluxClient
+
+        with FluxClient(sys.argv[2], base_url=sys.argv[1], poll_interval=0.05) as client:
+            try:
+                client.generate("blocked")
+            except KeyboardInterrupt:
+                pass
+            deadline = time.monotonic() + 5
+            while client.in_flight and time.monotonic() < deadline:
+                time.sleep(0.01)
+            print("in flight", client.in_flight, flush=True)
+    """)
+    async with LocalFluxServer(ServerSettings(generation_time=60.0)) as server:
+        process = await anyio.open_process([*script, server.url, server.token], env=_env())
+        async with process:
+            await eventually(lambda: server.stats.tasks_created == 1, within=30)
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(10):
+                assert process.stdout is not None and process.stderr is not None
+                out, err = await _read_all(process.stdout), await _read_all(process.stderr)
+                code = await process.wait()
+    # The interrupted call's coroutine was cancelled on the loop: its slot is free.
+    assert code == 0, err
+    assert out.strip() == "in flight 0"
+
+
+@pytest.mark.anyio
 async def test_a_script_that_never_closes_exits_promptly_and_quietly(
     tmp_path: pathlib.Path,
 ) -> None:
