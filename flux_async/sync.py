@@ -42,6 +42,7 @@ from ._client import FluxClient as AsyncFluxClient
 from ._download import DEFAULT_MAX_IMAGE_BYTES, DownloadTarget
 from ._map import MapEvent
 from ._models import Image, ImageRequest, ImageResult, Outcome, Task
+from ._upload import ImageSource
 
 __all__ = ["FluxClient"]
 
@@ -95,6 +96,7 @@ class FluxClient:
         callback_url: str | None = None,
         callback_poll_interval: float = 30.0,
         callback_secret: str | None = None,
+        upload_url: str | None = None,
     ) -> None:
         # A closure, not stored arguments: no repr ever shows the key. Kept to build
         # the client again in a forked child.
@@ -107,7 +109,7 @@ class FluxClient:
                 max_retries=max_retries, retry_backoff=retry_backoff,
                 resend_uncertain=resend_uncertain, callback_url=callback_url,
                 callback_poll_interval=callback_poll_interval,
-                callback_secret=callback_secret,
+                callback_secret=callback_secret, upload_url=upload_url,
             )
 
         self._make = make
@@ -192,6 +194,10 @@ class FluxClient:
     def callback_poll_interval(self) -> float:
         return self._client.callback_poll_interval
 
+    @property
+    def upload_url(self) -> str:
+        return self._client.upload_url
+
     # --- the API -------------------------------------------------------------------
 
     def generate(
@@ -212,16 +218,21 @@ class FluxClient:
         self,
         prompt: str,
         *,
-        image_url: str,
+        image: str | ImageSource | None = None,
+        image_url: str | ImageSource | None = None,
         model: str | None = None,
         size: str | None = None,
         timeout: float | None = DEFAULT,
     ) -> ImageResult:
         """See ``flux_async.FluxClient.edit``."""
         return self._loop.call(functools.partial(
-            self._client.edit, prompt, image_url=image_url, model=model, size=size,
-            timeout=timeout,
+            self._client.edit, prompt, image=image, image_url=image_url, model=model,
+            size=size, timeout=timeout,
         ))
+
+    def upload(self, image: ImageSource) -> str:
+        """See ``flux_async.FluxClient.upload``."""
+        return self._loop.call(functools.partial(self._client.upload, image))
 
     def submit(self, request: ImageRequest, *, callback_url: str | None = None) -> Task:
         """See ``flux_async.FluxClient.submit``."""

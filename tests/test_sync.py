@@ -164,13 +164,17 @@ def test_the_key_never_shows() -> None:
         assert "sk-sync-secret-4242" not in repr(vars(client))
 
 
-def test_every_call_end_to_end() -> None:
+def test_every_call_end_to_end(tmp_path: pathlib.Path) -> None:
     with served() as srv, srv.client() as client:
         assert client.base_url == srv.server.url
         result = client.generate("a cat", count=2)
         assert len(result.images) == 2
         edited = client.edit("make it blue", image_url=result.urls[0])
         assert edited.images
+        local = tmp_path / "cat.png"
+        local.write_bytes(client.fetch_image(result.images[0]))
+        assert client.edit("make it green", image=local).images  # uploaded first
+        assert client.upload(local.read_bytes()).startswith("http")
         task = client.submit(GenerateRequest("submitted"))
         assert task.status is TaskStatus.PENDING
         assert client.wait(task.id).task_id == task.id
