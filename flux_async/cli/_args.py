@@ -1,4 +1,5 @@
-"""The command line: ``flux-async generate | edit | batch | task get | task wait | serve``.
+"""The command line: ``flux-async generate | edit | batch | gallery | task get | task wait |
+serve``.
 
 Options that say where and how to connect live on a parent parser shared by
 every command, so ``--local`` and ``--json`` work after any command name.
@@ -193,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true",
         help="submit failed lines again (a new, paid task each)",
     )
+
+    gallery = commands.add_parser(
+        "gallery", help="rebuild DIR/index.html, the page of a batch's images",
+        description="Rebuild DIR/index.html from DIR/manifest.jsonl: every line of a batch "
+        "with its images, or why it failed. 'batch' keeps it current as it runs; this "
+        "needs no key and no network.",
+    )
+    gallery.add_argument("dir", metavar="DIR", help="the --out directory of a batch")
+    gallery.add_argument("--debug", action="store_true", help="show tracebacks")
 
     task = commands.add_parser("task", help="look at tasks by id")
     task_commands = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)
