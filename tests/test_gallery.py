@@ -187,7 +187,7 @@ async def _run_job(out: Path, lines: int, every: float, **server: Any) -> tuple[
     entries = parse_lines("".join(f"prompt number {i}\n" for i in range(lines)),
                           jsonl=False, defaults=Defaults())
     settings = ServerSettings(generation_time=(0.0, 0.3), **server)
-    async with LocalFluxServer(settings) as local, client_for(local) as client:
+    async with LocalFluxServer(settings) as local, client_for(local, max_concurrency=50) as client:
         with Ledger(out) as ledger:
             job = BatchJob(client, ledger, entries, label="prompts.txt", local=True,
                            service="the local server", retry_failed=False, reporter=Notes(),
