@@ -108,7 +108,7 @@ def measure_browser(lines: int, out: Path) -> None:
             )
             scrolled = time.perf_counter() - started
             started = time.perf_counter()
-            driver.find_element(By.CSS_SELECTOR, "label[for=show-failed]").click()
+            driver.find_element(By.CSS_SELECTOR, ".tab.failed").click()
             shown = driver.execute_script(
                 "return [...document.querySelectorAll('.card')]"
                 ".filter(c => c.offsetParent !== null).length"

@@ -88,7 +88,9 @@ def test_every_user_string_is_escaped() -> None:
     for needle in (EVIL, "<b>id</b>", "<i>m</i>", "<u>why</u>", "<script>alert(2)</script>"):
         assert needle in shown
     # Images and links only ever point at a file in the page's own directory.
-    targets = [a["src"] for a in page.all("img")] + [a["href"] for a in page.all("a")]
+    targets = [a["src"] for a in page.all("img")] + [
+        a["href"] for a in page.all("a") if a.get("class") != f"tab {(a['href'] or '')[1:]}"
+    ]
     assert len(targets) == 6
     assert all(t and re.fullmatch(r"[A-Za-z0-9%._~-]+", t) for t in targets), targets
     assert all(a["loading"] == "lazy" for a in page.all("img"))
@@ -105,7 +107,7 @@ def test_totals_statuses_and_refresh() -> None:
         _record(6, "pending"),
     ]
     text = render(records, title="out", state="running", updated="now")
-    tabs = dict(re.findall(r'<label for="show-(\w+)"[^>]*>\w+ <b>(\d+)</b>', text))
+    tabs = dict(re.findall(r'<a href="#(\w+)" class="tab[^>]*>\w+ <b>(\d+)</b>', text))
     assert tabs == {"all": "6", "done": "2", "failed": "2", "running": "1", "pending": "1"}
     assert "3 images" in text
     assert re.findall(r'class="card (\w+)" id="line-(\d+)"', text) == [
@@ -117,8 +119,10 @@ def test_totals_statuses_and_refresh() -> None:
     assert "Failed: invalid_input" in text
     assert "invalid JSON (oops)" in text
     assert 'style="--cols:2"' in text  # two images of one line share its box
-    assert 'http-equiv="refresh"' in text
-    assert 'http-equiv="refresh"' not in render(records, title="o", state="finished", updated="")
+    # A running job's page reloads itself (its one script); a finished one has none.
+    assert text.count("<script>setTimeout(() => location.reload(), 10000)</script>") == 1
+    assert text.count("<script") == 1
+    assert "<script" not in render(records, title="o", state="finished", updated="")
     assert "No lines" in render([], title="o", state="manifest", updated="")
 
 
@@ -429,22 +433,28 @@ def test_the_page_of_a_real_batch_in_a_real_browser(
         assert f"Failed: {record['reason']}" in card.text
         assert record["error"].split(";")[0] in card.text
     # The totals, as the tabs show them.
-    tabs = {t.get_attribute("for"): t.text for t in browser.find_elements(By.CSS_SELECTOR, ".tab")}
-    assert tabs["show-all"] == "All 24"
-    assert tabs["show-done"] == f"Done {len(done)}"
-    assert tabs["show-failed"] == f"Failed {len(failed)}"
+    tabs = {t.get_attribute("hash"): t.text for t in browser.find_elements(By.CSS_SELECTOR, ".tab")}
+    assert tabs["#all"] == "All 24"
+    assert tabs["#done"] == f"Done {len(done)}"
+    assert tabs["#failed"] == f"Failed {len(failed)}"
     # The prompt with markup in it is text on the page; nothing ran.
     assert EVIL in browser.find_element(By.ID, "line-8").text
-    assert browser.execute_script("return document.scripts.length") == 0
+    assert browser.execute_script("return document.scripts.length") == 0  # finished: no reload
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018 - reading it is what raises
-    # The Failed tab shows the failed lines only (plain CSS, no script).
+    # The Failed tab shows the failed lines only (plain CSS, no script), and so does
+    # the address it leads to, opened anew (a bookmark, a reload).
     browser.execute_script("window.scrollTo(0, 0)")
-    browser.find_element(By.CSS_SELECTOR, "label[for=show-failed]").click()
-    visible = [c for c in browser.find_elements(By.CSS_SELECTOR, ".card") if c.is_displayed()]
-    assert sorted(int(c.get_attribute("id")[5:]) for c in visible) == sorted(
-        r["line"] for r in failed
-    )
+    browser.find_element(By.CSS_SELECTOR, ".tab.failed").click()
+    assert browser.current_url.endswith("index.html#failed")
+    for _ in range(2):
+        visible = [c for c in browser.find_elements(By.CSS_SELECTOR, ".card") if c.is_displayed()]
+        assert sorted(int(c.get_attribute("id")[5:]) for c in visible) == sorted(
+            r["line"] for r in failed
+        )
+        browser.refresh()
+    browser.find_element(By.CSS_SELECTOR, ".tab.all").click()
+    assert sum(c.is_displayed() for c in browser.find_elements(By.CSS_SELECTOR, ".card")) == 24
 
 
 def test_the_page_fits_a_phone(tmp_path: Path) -> None:

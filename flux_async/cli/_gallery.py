@@ -8,8 +8,11 @@ zipped or served as it is.
 
 A page of thousands of lines stays usable: thumbnails load lazily inside boxes of
 a fixed shape (nothing jumps while they arrive), cards off screen are not laid out
-(``content-visibility``), and a row of radio buttons filters by status in plain CSS,
-so the failed lines of a 10,000-line job are one click away.
+(``content-visibility``), and tabs filter by status in plain CSS (``#failed`` in
+the address, so a filtered view can be bookmarked and survives a reload): the
+failed lines of a 10,000-line job are one click away. The only script is the
+one line that reloads the page of a running job (keeping the scroll position and
+the filter, which a ``<meta http-equiv="refresh">`` would lose).
 
 Every string from the manifest (prompts are user input) is escaped, in text and in
 attributes alike; file names are percent-encoded, so a name cannot become a URL
@@ -46,9 +49,11 @@ __all__ = ["EVERY", "GALLERY_NAME", "LiveGallery", "live_records", "render", "wr
 GALLERY_NAME = "index.html"
 #: The shortest time between two rewrites of a running job's page, in seconds.
 EVERY = 1.0
-# While the job runs the page reloads itself this often (seconds): a browser left
-# open on it follows the job without anyone pressing reload.
+# While the job runs the page reloads itself this often (seconds), so a browser left
+# open on it follows the job; less often for a big page, which takes longer to load.
 _RELOAD = 10
+_RELOAD_BIG = 30
+_BIG = 2000  # lines
 
 # The statuses a card can have, in the order of the filter buttons. "pending" is
 # not in the manifest: it is a line of the input that has no task id yet.
@@ -83,13 +88,14 @@ def render(records: Iterable[Record], *, title: str, state: str, updated: str) -
         images += len(record.files) if status == "done" else 0
         cards.append(_card(record, status))
     total = sum(counts.values())
-    reload = f'<meta http-equiv="refresh" content="{_RELOAD}">\n' if state == "running" else ""
-    radios = "".join(
-        f'<input type="radio" name="show" id="show-{key}"{" checked" if key == "all" else ""}>'
-        for key in ("all", *_SHOWN)
+    every = _RELOAD if total <= _BIG else _RELOAD_BIG
+    reload = (
+        f"<script>setTimeout(() => location.reload(), {every * 1000})</script>\n"
+        if state == "running" else ""
     )
-    labels = "".join(
-        f'<label for="show-{key}" class="tab {key}">{name} <b>{number}</b></label>'
+    anchors = "".join(f'<i id="{key}"></i>' for key in ("all", *_SHOWN))
+    tabs = "".join(
+        f'<a href="#{key}" class="tab {key}">{name} <b>{number}</b></a>'
         for key, name, number in [
             ("all", "All", total), *((s, s.capitalize(), counts[s]) for s in _SHOWN)
         ]
@@ -100,11 +106,11 @@ def render(records: Iterable[Record], *, title: str, state: str, updated: str) -
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"{reload}<title>{_esc(title)}: {total} lines</title>\n"
-        f"<style>{_CSS}</style>\n</head>\n<body>\n{radios}\n"
+        f"<style>{_CSS}</style>\n</head>\n<body>\n{anchors}\n"
         f'<header>\n<div class="head"><h1>{_esc(title)}</h1>'
-        f'<p class="state {_esc(state)}">{_state_text(state, _RELOAD)} · '
+        f'<p class="state {_esc(state)}">{_state_text(state, every)} · '
         f"updated {_esc(updated)} · {images} image{'s' if images != 1 else ''}</p></div>\n"
-        f'<nav class="tabs">{labels}</nav>\n</header>\n'
+        f'<nav class="tabs">{tabs}</nav>\n</header>\n'
         f'<main class="grid">\n{"".join(cards)}{empty}</main>\n</body>\n</html>\n'
     )
 
@@ -274,7 +280,7 @@ _CSS = """
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--ink);
 font:15px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-body>input{position:absolute;opacity:0;pointer-events:none}
+body>i{position:absolute;top:0}
 header{position:sticky;top:0;z-index:1;background:var(--bg);border-bottom:1px solid var(--line);
 padding:12px 16px 10px}
 .head{display:flex;flex-wrap:wrap;align-items:baseline;gap:4px 16px}
@@ -282,18 +288,17 @@ h1{font-size:20px;margin:0;overflow-wrap:anywhere}
 .state{margin:0;color:var(--soft);font-size:13px}
 .state.running b{color:var(--run)}.state.interrupted b{color:var(--bad)}
 .tabs{display:flex;flex-wrap:wrap;gap:6px;padding:10px 0 0}
-.tab{padding:4px 12px;border-radius:999px;cursor:pointer;white-space:nowrap;
-color:var(--soft);border:1px solid transparent;user-select:none}
+.tab{padding:4px 12px;border-radius:999px;white-space:nowrap;text-decoration:none;
+color:var(--soft);border:1px solid transparent}
 .tab:hover{border-color:var(--line)}
 .tab b{font-variant-numeric:tabular-nums;color:var(--ink)}
 .tab.done b{color:var(--ok)}.tab.failed b{color:var(--bad)}.tab.running b{color:var(--run)}
-#show-all:checked~header .all,#show-done:checked~header .done,
-#show-failed:checked~header .failed,#show-running:checked~header .running,
-#show-pending:checked~header .pending{background:var(--card);color:var(--ink);
-border-color:var(--line)}
-#show-done:checked~main .card:not(.done),#show-failed:checked~main .card:not(.failed),
-#show-running:checked~main .card:not(.running),
-#show-pending:checked~main .card:not(.pending){display:none}
+.tab.all,#done:target~header .done,#failed:target~header .failed,
+#running:target~header .running,#pending:target~header .pending{background:var(--card);
+color:var(--ink);border-color:var(--line)}
+:target:not(#all)~header .tab.all{background:none;color:var(--soft);border-color:transparent}
+#done:target~main .card:not(.done),#failed:target~main .card:not(.failed),
+#running:target~main .card:not(.running),#pending:target~main .card:not(.pending){display:none}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:14px;
 padding:16px;margin:0 auto;max-width:1800px}
 @media (max-width:520px){.grid{grid-template-columns:repeat(2,minmax(0,1fr));gap:10px;
