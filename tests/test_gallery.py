@@ -34,6 +34,7 @@ from flux_async.cli._ledger import Ledger, Record
 from flux_async.cli._progress import Counts
 from flux_async.cli._stop import Stop
 from flux_async.testing import LocalFluxServer, ServerSettings
+from flux_async.testing._png import render_png
 
 from .conftest import client_for
 
@@ -317,7 +318,7 @@ def test_ctrl_c_leaves_a_complete_page_saying_interrupted(
     server: dict[str, str], tmp_path: Path
 ) -> None:
     source = tmp_path / "prompts.txt"
-    source.write_text("".join(f"slow prompt {i}\n" for i in range(40)))
+    source.write_text("".join(f"slow prompt {i}\n" for i in range(200)))
     out = tmp_path / "out"
     env = {**server}
     process = subprocess.Popen(
@@ -327,7 +328,7 @@ def test_ctrl_c_leaves_a_complete_page_saying_interrupted(
     )
     try:
         deadline = time.monotonic() + 30
-        while "Running <b>" not in _text_of(out / "index.html"):
+        while 'class="card running"' not in _text_of(out / "index.html"):
             assert time.monotonic() < deadline, "no running line shown"
             time.sleep(0.02)
         process.send_signal(signal.SIGINT)
@@ -339,6 +340,7 @@ def test_ctrl_c_leaves_a_complete_page_saying_interrupted(
     assert "<b>Interrupted</b>" in text
     assert text.endswith("</html>\n")
     assert 'class="card pending"' in text  # lines never sent are shown as such
+    assert 'class="card running"' in text  # and lines with a task id but no result yet
 
 
 def _text_of(path: Path) -> str:
@@ -462,7 +464,7 @@ def test_the_page_fits_a_phone(tmp_path: Path) -> None:
                        task_id=f"{i:08d}-aaaa-bbbb-cccc-dddddddddddd") for i in range(1, 30)]
     out = tmp_path / "out"
     out.mkdir()
-    shutil.copy(ROOT / "docs" / "gallery.png", out / "x.png")
+    (out / "x.png").write_bytes(render_png("x"))
     write_page(out / "index.html", render(records, title="a-rather-long-directory-name-" * 3,
                                           state="finished", updated="now"))
     with tempfile.TemporaryDirectory() as profile:
