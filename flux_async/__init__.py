@@ -48,6 +48,7 @@ from ._models import (
     TaskErrorInfo,
     TaskStatus,
 )
+from ._upload import LocalImage
 
 __version__ = "0.1.0.dev0"
 
@@ -69,6 +70,7 @@ __all__ = [
     "ImageResult",
     "ImageTooLargeError",
     "InsufficientBalanceError",
+    "LocalImage",
     "MapEvent",
     "MapProgress",
     "NetworkError",

@@ -53,6 +53,7 @@ from ._errors import (
     TaskFailedError,
     TaskTimeoutError,
     TransportError,
+    ValidationError,
 )
 from ._limits import Backoff, RateLimiter, deadline_after, remaining
 from ._map import Deliver, MapEvent, Requests, run_map
@@ -81,6 +82,8 @@ from ._protocol import (
 )
 from ._submission import Submitter
 from ._transport import Transport
+from ._upload import ImageSource, is_remote, upload_url_for
+from ._uploader import Uploader
 
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "FluxClient"]
 
@@ -136,6 +139,9 @@ class FluxClient:
       (``flux_token=``) derived from ``callback_secret`` (random per client unless
       given; give a stable one so callbacks arriving after a restart still
       authenticate). See ``receive_callback``.
+    - ``upload_url``: where ``upload()`` (and ``edit`` with a local image) POSTs
+      files; default ``{base_url}/files/upload``, which for the default base URL
+      is the vendor's documented ``https://api.acedata.cloud/files/upload``.
     - ``session``: an ``aiohttp.ClientSession`` to use; the client leaves it open.
     """
 
@@ -159,6 +165,7 @@ class FluxClient:
         callback_url: str | None = None,
         callback_poll_interval: float = 30.0,
         callback_secret: str | None = None,
+        upload_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
@@ -176,6 +183,8 @@ class FluxClient:
             raise ConfigurationError("retry_backoff must be positive")
         if callback_url is not None:
             check_http_url("callback_url", callback_url)
+        if upload_url is not None and not is_remote(upload_url):
+            raise ConfigurationError(f"upload_url must be an http(s) URL, got {upload_url!r}")
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         self.max_concurrency = max_concurrency
         self.timeout = timeout
@@ -195,6 +204,11 @@ class FluxClient:
         self._transport: Transport | None = None
         self._slots = anyio.Semaphore(max_concurrency)
         self._backoff = Backoff(base=retry_backoff, cap=max(16.0, retry_backoff))
+        self.upload_url = upload_url_for(upload_url, self.base_url)
+        self._uploader = Uploader(
+            self.upload_url, attempts=max_retries,
+            backoff=self._backoff, request_timeout=request_timeout,
+        )
         if submit_burst is None:
             # 60% of a second's worth: slots that free together can be refilled at
             # once, while 40% of the service's per-second allowance stays spare to
@@ -427,15 +441,21 @@ class FluxClient:
         self,
         prompt: str,
         *,
-        image_url: str,
+        image: str | ImageSource | None = None,
+        image_url: str | ImageSource | None = None,
         model: str | None = None,
         size: str | None = None,
         timeout: float | None = DEFAULT,
     ) -> ImageResult:
-        """Edit the image at ``image_url`` as ``prompt`` says, and wait for the result."""
-        return await self._run(
-            EditRequest(prompt, image_url=image_url, model=model, size=size), timeout
-        )
+        """Edit ``image`` as ``prompt`` says, and wait for the result.
+
+        ``image`` is an http(s) URL (passed on), a local file's path (``str`` or
+        ``os.PathLike``) or the image's bytes (both uploaded first, see
+        ``upload``). ``image_url`` is the same argument under its older name.
+        ``timeout`` counts from the submission, after any upload.
+        """
+        return await self._run(await self._edit_request(prompt, image, image_url, model, size),
+                               timeout)
 
     async def submit(self, request: ImageRequest, *, callback_url: str | None = None) -> Task:
         """Submit and return as soon as the service gives a task id.
@@ -689,6 +709,49 @@ class FluxClient:
             timer = asyncio.get_running_loop().call_at(deadline, stop, True)
         return stop
 
+    # --- uploads -------------------------------------------------------------------
+
+    async def upload(self, image: ImageSource) -> str:
+        """Upload a local image; return the URL the service hosts it at (valid 7 days).
+
+        ``image`` is a path (``str`` or ``os.PathLike``) or the image's bytes. It
+        is read and checked before anything is sent: a missing, unreadable or
+        empty file, a directory, more than 25 MB, or content that is not a PNG,
+        JPEG, WebP or GIF image raise ``ValidationError`` (field ``image``).
+        Uploads are not billed: a connect error, a broken connection, a 5xx or a
+        429 is tried again (``max_retries`` in all); the answer's errors raise
+        the same ``APIError`` subclasses as every other call.
+        """
+        return await self._upload(image, "image")
+
+    async def _upload(self, image: ImageSource, field: str) -> str:
+        if is_remote(image):
+            raise ValidationError(field, "is already a URL: nothing to upload")
+        await self._start()
+        assert self._transport is not None
+        return await self._uploader.upload(self._transport, image, field=field)
+
+    async def _edit_request(
+        self,
+        prompt: str,
+        image: str | ImageSource | None,
+        image_url: str | ImageSource | None,
+        model: str | None,
+        size: str | None,
+    ) -> EditRequest:
+        """The ``EditRequest`` of ``edit``; a local image is uploaded once all else is valid."""
+        if image is not None and image_url is not None:
+            raise ValidationError("image", "give image or image_url, not both")
+        field, source = ("image", image) if image is not None else ("image_url", image_url)
+        if source is None:
+            raise ValidationError("image", "required: an http(s) URL, a file path or bytes")
+        if isinstance(source, str) and is_remote(source):
+            return EditRequest(prompt, image_url=source, model=model, size=size)
+        # The same checks as an edit's, before an upload is spent on a bad request.
+        GenerateRequest(prompt, model=model, size=size)
+        url = await self._upload(source, field)
+        return EditRequest(prompt, image_url=url, model=model, size=size)
+
 
 
 def _result_of(task: Task) -> ImageResult:
@@ -701,4 +764,3 @@ def _result_of(task: Task) -> ImageResult:
         message=error.message if error else "the task failed",
         trace_id=task.trace_id,
     )
-

@@ -40,6 +40,10 @@ FAST = ["--local-generation-time", "0.05,0.2", "--poll-interval", "0.05", "--rat
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL", "COLUMNS")}
+    # A relative PYTHONPATH (the documented `PYTHONPATH=.`) names another directory
+    # once a CLI runs with cwd=tmp_path, which then tests the installed package.
+    paths = env.get("PYTHONPATH", "").split(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in paths if p)
     env.update(extra)
     return env
 
@@ -453,7 +457,7 @@ def test_missing_key_is_one_line_and_status_2(tmp_path: Path) -> None:
         (["batch", "prompts.txt", "--out", "prompts.txt"], "exists and is not a directory"),
         (["generate", "a cat", "--count", "x"], "--count: must be a whole number"),
         (["edit", "x", "--image-url", "cat.png"], "image_url: must be an absolute http(s) URL"),
-        (["edit", "x"], "the following arguments are required: --image-url"),
+        (["edit", "x"], "one of the arguments --image --image-url is required"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )

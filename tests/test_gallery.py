@@ -128,18 +128,23 @@ def test_totals_statuses_and_refresh() -> None:
 
 
 def test_live_records_show_every_input_line() -> None:
-    entries = parse_lines('{"prompt": "a"}\n{"prompt": "b"}\nnot json\n{"prompt": "c"}\n',
-                          jsonl=True, defaults=Defaults())
-    a, _b, _, c = entries
+    entries = parse_lines(
+        '{"prompt": "a"}\n{"prompt": "b"}\nnot json\n{"prompt": "c"}\n{"prompt": "d"}\n',
+        jsonl=True, defaults=Defaults(),
+    )
+    a, _b, _, c, _d = entries
     records = {
         1: Record(1, "done", key=a.key, files=["1.png"]),
         2: Record(2, "done", key="another version of the line", files=["2.png"]),
         4: Record(4, "submitted", key=c.key, task_id="t"),
+        5: Record(5, "invalid", error="upload failed", reason="upload"),
     }
     shown = live_records(entries, records)
     assert [(r.line, r.status) for r in shown] == [
-        (1, "done"), (2, "pending"), (3, "invalid"), (4, "submitted"),
+        (1, "done"), (2, "pending"), (3, "invalid"), (4, "submitted"), (5, "invalid"),
     ]
+    assert shown[4].request is not None
+    assert shown[4].request["prompt"] == "d"  # the input's, as the manifest has none
     assert shown[1].request is not None
     assert shown[1].request["prompt"] == "b"
     assert shown[2].reason == "invalid_input"

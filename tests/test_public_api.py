@@ -15,7 +15,7 @@ EXPECTED = {
     "MapEvent", "MapProgress", "NetworkError", "NotFoundError", "Outcome", "ProtocolError",
     "RateLimitError", "RequestTimeoutError", "ServerError", "SubmissionUncertainError", "Task",
     "TaskError", "TaskErrorInfo", "TaskFailedError", "TaskStatus", "TaskTimeoutError",
-    "TransportError", "ValidationError", "__version__",
+    "TransportError", "ValidationError", "__version__", "LocalImage",
     # web servers: callbacks and downloads
     "CallbackVerdict", "DownloadError", "ImageTooLargeError", "NotAnImageError",
 }

@@ -40,7 +40,9 @@ def batch(args: argparse.Namespace) -> int:
     GenerateRequest("check", model=args.model, size=args.size, count=args.count)
     text, by_name = read_source(args.file)
     defaults = Defaults(model=args.model, size=args.size, count=args.count)
-    entries = parse_lines(text, jsonl=True if by_name else None, defaults=defaults)
+    # A line's image path is relative to the batch file's directory.
+    base = None if args.file == "-" else Path(args.file).resolve().parent
+    entries = parse_lines(text, jsonl=True if by_name else None, defaults=defaults, base=base)
     if not entries:
         raise UsageError(f"{'standard input' if args.file == '-' else args.file} has no prompts")
     out = Path(args.out)

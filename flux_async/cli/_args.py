@@ -160,10 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = commands.add_parser(
         "edit", parents=[common], help="edit an image by prompt",
-        description="Edit the image at --image-url as PROMPT says; download the result.",
+        description="Edit the image (a local file, uploaded first, or an http(s) URL) as "
+        "PROMPT says; download the result.",
     )
     edit.add_argument("prompt", metavar="PROMPT")
-    edit.add_argument("--image-url", required=True, metavar="URL", help="the image to edit")
+    image = edit.add_mutually_exclusive_group(required=True)
+    image.add_argument("--image", metavar="FILE|URL",
+                       help="the image to edit: a PNG, JPEG, WebP or GIF file (at most 25 MB, "
+                       "uploaded first) or an http(s) URL")
+    image.add_argument("--image-url", metavar="URL", help="the image to edit, by URL")
     _request_options(edit, count=False)
     edit.add_argument("--out", default=".", metavar="DIR", help="where images go (.)")
     edit.add_argument("--no-download", action="store_true", help="print URLs only")
@@ -173,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run every line of FILE and download every image into DIR.\n\n"
         "FILE has one prompt a line (blank lines and #comments skipped), or is JSONL\n"
-        "with fields prompt, model, size, count, action (generate|edit), image_url,\n"
-        "name (file name stem). '-' reads standard input.\n\n"
+        "with fields prompt, model, size, count, action (generate|edit), image (a file,\n"
+        "relative to FILE's directory, uploaded before its line is submitted, or a URL),\n"
+        "image_url, name (file name stem). '-' reads standard input.\n\n"
         "DIR/manifest.jsonl records every line as it goes. Running the same command\n"
         "again resumes: done lines are skipped, submitted lines are waited on by task\n"
         "id (not paid again), failed lines are retried only with --retry-failed.",

@@ -26,14 +26,16 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from flux_async import (
     DownloadError,
+    EditRequest,
     FluxClient,
     FluxError,
     ImageRequest,
@@ -46,6 +48,7 @@ from flux_async import (
 
 from ._connect import connect, service_name
 from ._gallery import LiveGallery
+from ._images import uploaded
 from ._input import Entry, request_fields
 from ._ledger import Ledger, Record
 from ._output import PROG, print_json, reason_of, warn
@@ -73,8 +76,11 @@ class Feed:
     stop comes, nothing waits in between, half-sent.
     """
 
-    def __init__(self, window: int) -> None:
+    def __init__(
+        self, window: int, prepare: Callable[[Entry], Awaitable[Entry | None]] | None = None
+    ) -> None:
         self.window = window
+        self.prepare = prepare  # uploads a line's local image; None when that failed
         self.outstanding = 0
         self.taken: list[Entry] = []  # map's index -> line
         self._queue: collections.deque[Entry] = collections.deque()
@@ -102,6 +108,11 @@ class Feed:
         while not self._stopped:
             if self._queue and self.outstanding < self.window:
                 entry = self._queue.popleft()
+                if entry.image is not None and self.prepare is not None:
+                    prepared = await self.prepare(entry)
+                    if prepared is None:
+                        continue
+                    entry = prepared
                 self.outstanding += 1
                 self.taken.append(entry)
                 assert entry.request is not None
@@ -140,7 +151,7 @@ class BatchJob:
         self.reporter = reporter
         self.stop = stop
         self.counts = Counts()
-        self.feed = Feed(client.max_concurrency)
+        self.feed = Feed(client.max_concurrency, prepare=self._upload)
         self.fresh: list[Entry] = []
         self.resume: list[tuple[Entry, str]] = []
         self.skipped = 0  # done in an earlier run
@@ -240,6 +251,21 @@ class BatchJob:
     def _report(self) -> None:
         self.reporter.update(self.counts)
         self.gallery.changed()
+
+    async def _upload(self, entry: Entry) -> Entry | None:
+        """Upload a line's local image just before it is submitted (uploads are free)."""
+        assert isinstance(entry.request, EditRequest)
+        assert entry.image is not None
+        try:
+            request = await uploaded(self.client, entry.request, entry.image)
+        except FluxError as exc:
+            # Nothing was paid: "invalid" lines run again next time, without --retry-failed.
+            self.reporter.note(f"{PROG}: {self.label}:{entry.line}: upload failed: {exc}")
+            self.ledger.write(Record(entry.line, "invalid", error=str(exc), reason="upload"))
+            self.counts.failed += 1
+            self._report()
+            return None
+        return attrs.evolve(entry, request=request)
 
     async def _resume_all(self) -> None:
         """Wait again on the task ids an earlier run recorded, without submitting."""

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -18,6 +19,7 @@ from flux_async import (
     GenerateRequest,
     ImageRequest,
     ImageResult,
+    LocalImage,
     Task,
     TaskStatus,
 )
@@ -39,11 +41,26 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def edit(args: argparse.Namespace) -> int:
-    request = EditRequest(args.prompt, image_url=args.image_url, model=args.model, size=args.size)
-    return asyncio.run(_one(args, request))
+    source = args.image if args.image is not None else args.image_url
+    if args.image_url is not None or source.startswith(("http://", "https://")):
+        request = EditRequest(args.prompt, image_url=source, model=args.model, size=args.size)
+        return asyncio.run(_one(args, request))
+    # A local file: checked now (a bad one is exit status 2 before anything starts),
+    # uploaded once connected, since --local's server only lives that long.
+    image = LocalImage.load(source)
+    GenerateRequest(args.prompt, model=args.model, size=args.size)  # an edit's same checks
+
+    async def upload(client: FluxClient) -> ImageRequest:
+        url = await client.upload(image)
+        return EditRequest(args.prompt, image_url=url, model=args.model, size=args.size)
+
+    return asyncio.run(_one(args, upload))
 
 
-async def _one(args: argparse.Namespace, request: ImageRequest) -> int:
+async def _one(
+    args: argparse.Namespace,
+    request: ImageRequest | Callable[[FluxClient], Awaitable[ImageRequest]],
+) -> int:
     """Submit, wait, download, print: the shared body of ``generate`` and ``edit``."""
     stop = Stop()
     stop.install()
@@ -53,6 +70,9 @@ async def _one(args: argparse.Namespace, request: ImageRequest) -> int:
     try:
         async with connect(args) as client:
             with stop.scope():
+                if callable(request):  # a local image to upload first
+                    with spinner("uploading the image", quiet=args.quiet):
+                        request = await request(client)
                 with spinner(f"submitting to {service_name(args)}", quiet=args.quiet):
                     # submit + wait rather than generate(): the task id is known
                     # early, so an interrupted wait can say how to pick it up.

@@ -39,6 +39,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import anyio
+import attrs
 
 from ._input import Entry, request_fields
 from ._ledger import Ledger, Record
@@ -140,7 +141,7 @@ def _card(record: Record, status: str) -> str:
     text = (
         f'<p class="prompt" title="{_esc(prompt)}">{_esc(prompt)}</p>'
         if isinstance(prompt, str)
-        else '<p class="prompt none">(no prompt: the input line is invalid)</p>'
+        else '<p class="prompt none">(no prompt recorded)</p>'
     )
     return (
         f'<article class="card {status}" id="line-{record.line}">'
@@ -182,7 +183,10 @@ def live_records(entries: Sequence[Entry], records: Mapping[int, Record]) -> lis
     shown = []
     for entry in entries:
         record = records.get(entry.line)
-        if record is not None and (record.status == "invalid" or record.key == entry.key):
+        if record is not None and record.status == "invalid" and entry.request is not None:
+            # Failed before any request (an upload): the manifest has no prompt to show.
+            shown.append(attrs.evolve(record, request=request_fields(entry.request)))
+        elif record is not None and (record.status == "invalid" or record.key == entry.key):
             shown.append(record)
         elif entry.request is not None:
             shown.append(Record(entry.line, "pending", request=request_fields(entry.request)))
