@@ -183,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         "image_url, name (file name stem). '-' reads standard input.\n\n"
         "DIR/manifest.jsonl records every line as it goes. Running the same command\n"
         "again resumes: done lines are skipped, submitted lines are waited on by task\n"
-        "id (not paid again), failed lines are retried only with --retry-failed.",
+        "id (not paid again), failed lines are retried only with --retry-failed.\n\n"
+        "DIR/index.html shows every line's images (or why it failed) and is kept\n"
+        "current while the job runs: open it in a browser.",
     )
     batch.add_argument("file", metavar="FILE")
     batch.add_argument("--out", required=True, metavar="DIR", help="images and manifest")
