@@ -37,11 +37,11 @@ from typing import Any
 
 from ._blocking import Loop, iterate_map
 from ._callbacks import CallbackVerdict
-from ._client import DEFAULT
 from ._client import FluxClient as AsyncFluxClient
 from ._download import DEFAULT_MAX_IMAGE_BYTES, DownloadTarget
 from ._map import MapEvent
 from ._models import Image, ImageRequest, ImageResult, Outcome, Task
+from ._settings import USE_CLIENT_DEFAULT, ClientSettings, UseClientDefault
 from ._upload import ImageSource
 
 __all__ = ["FluxClient"]
@@ -198,6 +198,11 @@ class FluxClient:
     def upload_url(self) -> str:
         return self._client.upload_url
 
+    @property
+    def settings(self) -> ClientSettings:
+        """The async client's frozen, validated settings (safe to read from any thread)."""
+        return self._client.settings
+
     # --- the API -------------------------------------------------------------------
 
     def generate(
@@ -207,7 +212,7 @@ class FluxClient:
         model: str | None = None,
         size: str | None = None,
         count: int | None = None,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> ImageResult:
         """See ``flux_async.FluxClient.generate``."""
         return self._loop.call(functools.partial(
@@ -222,7 +227,7 @@ class FluxClient:
         image_url: str | ImageSource | None = None,
         model: str | None = None,
         size: str | None = None,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> ImageResult:
         """See ``flux_async.FluxClient.edit``."""
         return self._loop.call(functools.partial(
@@ -240,7 +245,9 @@ class FluxClient:
             self._client.submit, request, callback_url=callback_url
         ))
 
-    def wait(self, task: Task | str, *, timeout: float | None = DEFAULT) -> ImageResult:
+    def wait(
+        self, task: Task | str, *, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
+    ) -> ImageResult:
         """See ``flux_async.FluxClient.wait``."""
         return self._loop.call(functools.partial(self._client.wait, task, timeout=timeout))
 
@@ -290,7 +297,7 @@ class FluxClient:
         requests: Iterable[ImageRequest],
         *,
         ordered: bool = False,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
         on_event: Callable[[MapEvent], None] | None = None,
     ) -> Iterator[Outcome]:
         """See ``flux_async.FluxClient.map``; a plain iterator of ``Outcome``.
