@@ -400,7 +400,7 @@ def test_jsonl_lines_with_their_own_fields_and_a_malformed_line(tmp_path: Path) 
         '{"prompt": "make it blue", "image_url": "https://example.com/cat.png"}\n'
         "\n"
         '{"prompt": "a dog", "size": "huge"}\n'
-        '{"prompt": "a bird", "size": "1024x768", "model": "flux-pro-1.1"}\n'
+        '{"prompt": "a bird", "size": "16:9", "model": "flux-pro-1.1-ultra"}\n'
     )
     out = tmp_path / "out"
     result = cli("batch", str(source), "--out", str(out), "--local", *FAST)
@@ -414,7 +414,7 @@ def test_jsonl_lines_with_their_own_fields_and_a_malformed_line(tmp_path: Path) 
     }
     assert records[1]["files"] == ["00001-cats-0.png", "00001-cats-1.png"]
     assert records[3]["request"]["action"] == "edit"
-    assert records[6]["request"]["model"] == "flux-pro-1.1"
+    assert records[6]["request"]["model"] == "flux-pro-1.1-ultra"
     assert "2 failed (invalid_input 2)" in result.stdout
 
 

@@ -22,7 +22,7 @@ from flux_async import ConfigurationError, FluxError, GenerateRequest, Validatio
 
 from ._args import UsageError, build_parser
 from ._batch import run_batch
-from ._commands import edit, generate, serve, task_get, task_wait
+from ._commands import edit, gallery, generate, serve, task_get, task_wait
 from ._connect import check_key
 from ._input import Defaults, InputError, parse_lines, read_source
 from ._ledger import Ledger, LedgerBusyError
@@ -66,7 +66,7 @@ def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
     if args.command == "task":
         return task_get if args.task_command == "get" else task_wait
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "generate": generate, "edit": edit, "batch": batch, "serve": serve,
+        "generate": generate, "edit": edit, "batch": batch, "serve": serve, "gallery": gallery,
     }
     return commands[args.command]
 
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     try:
-        if args.command != "serve":
+        if args.command not in ("serve", "gallery"):
             check_key(args)  # first: before reading input or starting anything
         return _command(args)(args)
     except KeyboardInterrupt:  # only where the loop cannot catch signals (Windows)

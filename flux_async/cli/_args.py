@@ -1,4 +1,5 @@
-"""The command line: ``flux-async generate | edit | batch | task get | task wait | serve``.
+"""The command line: ``flux-async generate | edit | batch | gallery | task get | task wait |
+serve``.
 
 Options that say where and how to connect live on a parent parser shared by
 every command, so ``--local`` and ``--json`` work after any command name.
@@ -182,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         "image_url, name (file name stem). '-' reads standard input.\n\n"
         "DIR/manifest.jsonl records every line as it goes. Running the same command\n"
         "again resumes: done lines are skipped, submitted lines are waited on by task\n"
-        "id (not paid again), failed lines are retried only with --retry-failed.",
+        "id (not paid again), failed lines are retried only with --retry-failed.\n\n"
+        "DIR/index.html shows every line's images (or why it failed) and is kept\n"
+        "current while the job runs: open it in a browser.",
     )
     batch.add_argument("file", metavar="FILE")
     batch.add_argument("--out", required=True, metavar="DIR", help="images and manifest")
@@ -199,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true",
         help="submit failed lines again (a new, paid task each)",
     )
+
+    gallery = commands.add_parser(
+        "gallery", help="rebuild DIR/index.html, the page of a batch's images",
+        description="Rebuild DIR/index.html from DIR/manifest.jsonl: every line of a batch "
+        "with its images, or why it failed. 'batch' keeps it current as it runs; this "
+        "needs no key and no network.",
+    )
+    gallery.add_argument("dir", metavar="DIR", help="the --out directory of a batch")
+    gallery.add_argument("--debug", action="store_true", help="show tracebacks")
 
     task = commands.add_parser("task", help="look at tasks by id")
     task_commands = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)

@@ -47,6 +47,7 @@ from flux_async import (
 )
 
 from ._connect import connect, service_name
+from ._gallery import LiveGallery
 from ._images import uploaded
 from ._input import Entry, request_fields
 from ._ledger import Ledger, Record
@@ -162,6 +163,7 @@ class BatchJob:
         self._downloads = anyio.Semaphore(max(4, client.max_concurrency))
         self._resume_scope = anyio.CancelScope()
         self._settled = anyio.Event()  # set when a taken line gets a task id or fails
+        self.gallery = LiveGallery(self.out, entries, ledger, on_error=reporter.note)
 
     # --- planning --------------------------------------------------------------------
 
@@ -215,6 +217,7 @@ class BatchJob:
             with self.stop.scope():
                 async with anyio.create_task_group() as outer:
                     outer.start_soon(self._watch_stop)
+                    outer.start_soon(self.gallery.run)
                     async with anyio.create_task_group() as work:
                         work.start_soon(self._resume_all)
                         work.start_soon(self._submit_all, work)
@@ -222,6 +225,7 @@ class BatchJob:
         finally:
             # After a hard stop, lines cut off between "taken" and "task id known".
             self.cut_off = self.submitting if self.stop.interrupted else 0
+            self.gallery.finish(interrupted=self.stop.interrupted)
             self.reporter.close()
 
     @property
@@ -246,6 +250,7 @@ class BatchJob:
 
     def _report(self) -> None:
         self.reporter.update(self.counts)
+        self.gallery.changed()
 
     async def _upload(self, entry: Entry) -> Entry | None:
         """Upload a line's local image just before it is submitted (uploads are free)."""
@@ -438,6 +443,7 @@ class BatchJob:
             "images": images,
             "out": str(self.out),
             "manifest": str(self.ledger.path),
+            "gallery": str(self.gallery.path),
             "wall_time": round(wall_time, 3),
             "interrupted": self.stop.interrupted,
         }
@@ -455,7 +461,7 @@ def _print_summary(summary: dict[str, Any], *, local: bool) -> None:
             f"this run: {summary['done_now']} done ({summary['resumed']} resumed by task id, "
             f"not paid again); {summary['skipped']} done earlier, skipped"
         )
-    print(f"manifest: {summary['manifest']}")
+    print(f"manifest: {summary['manifest']}  gallery: {summary['gallery']}")
     if summary["interrupted"]:
         running = summary["running"]
         print(

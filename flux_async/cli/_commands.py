@@ -1,9 +1,12 @@
-"""The single-task commands: ``generate``, ``edit``, ``task get``, ``task wait``, ``serve``."""
+"""The single-task commands: ``generate``, ``edit``, ``task get``, ``task wait``, ``serve``;
+and ``gallery``, which rebuilds a batch's page from its manifest."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,11 +26,13 @@ from flux_async import (
 
 from ._args import UsageError
 from ._connect import connect, service_name
+from ._gallery import GALLERY_NAME, render, write_page
+from ._ledger import MANIFEST_NAME, Record
 from ._output import error, print_json, result_json, show_task, task_json, warn
 from ._progress import spinner
 from ._stop import Stop
 
-__all__ = ["edit", "generate", "serve", "task_get", "task_wait"]
+__all__ = ["edit", "gallery", "generate", "serve", "task_get", "task_wait"]
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -201,4 +206,31 @@ def serve(args: argparse.Namespace) -> int:
         )
 
     asyncio.run(serve_forever(settings, host=args.host, port=args.port, on_ready=ready))
+    return 0
+
+
+def gallery(args: argparse.Namespace) -> int:
+    """``flux-async gallery DIR``: DIR/index.html again, from DIR/manifest.jsonl alone."""
+    directory = Path(args.dir)
+    manifest = directory / MANIFEST_NAME
+    try:
+        text = manifest.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise UsageError(f"{manifest} not found: is {directory} the --out of a batch?") from None
+    records: dict[int, Record] = {}
+    for raw in text.splitlines():
+        # Read only, like the batch's own loader: the last record of a line wins and
+        # a line torn by a killed run is skipped. A running batch is not disturbed.
+        try:
+            record = Record.from_json(json.loads(raw))
+        except ValueError:
+            continue
+        if record is not None:
+            records[record.line] = record
+    page = directory / GALLERY_NAME
+    write_page(page, render(
+        records.values(), title=directory.resolve().name or str(directory), state="manifest",
+        updated=time.strftime("%Y-%m-%d %H:%M:%S"),
+    ))
+    print(page)
     return 0
