@@ -84,6 +84,11 @@ class Transport:
     ) -> Reply:
         if not _is_http(url):
             raise ConnectError(f"cannot send to {_shown(url)}: not an http(s) URL; {_NOTHING}")
+        if "@" in urlsplit(url).netloc:
+            # The key goes in the authorization header; aiohttp refuses both at once.
+            raise ConnectError(
+                f"cannot send to {_shown(url)}: a URL with user:password; {_NOTHING}"
+            )
         try:
             async with self._session.post(
                 url, data=data, headers=headers, timeout=timeout
@@ -113,6 +118,13 @@ class Transport:
         except OSError as exc:
             raise NetworkError(
                 f"connection to {_shown(url)} failed: {exc.strerror or exc}"
+            ) from exc
+        except ValueError as exc:
+            # aiohttp refusing to build the request (its answers' errors are
+            # ClientErrors, caught above). The text may quote the URL: not repeated.
+            raise ConnectError(
+                f"cannot send to {_shown(url)}: the request could not be built "
+                f"({type(exc).__name__}); {_NOTHING}"
             ) from exc
 
 
