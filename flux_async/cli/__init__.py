@@ -21,11 +21,11 @@ from pathlib import Path
 from flux_async import ConfigurationError, FluxError, GenerateRequest, ValidationError
 
 from ._args import UsageError, build_parser
-from ._batch import run_batch
+from ._batch import changed_lines, run_batch
 from ._commands import edit, generate, serve, task_get, task_wait
 from ._connect import check_key
-from ._input import Defaults, InputError, parse_lines, read_source
-from ._ledger import Ledger, LedgerBusyError
+from ._input import Defaults, Entry, InputError, parse_lines, read_source
+from ._ledger import UNREADABLE_NAME, Ledger, LedgerBusyError
 from ._output import PROG, error, warn
 
 __all__ = ["main"]
@@ -53,11 +53,29 @@ def batch(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot use {out} for the manifest: {exc.strerror or exc}") from None
     try:
         if ledger.torn:
-            warn(f"{ledger.path}: ignored {ledger.torn} unreadable record(s), such as one "
-                 "torn by a killed run; those lines run again")
+            salvaged = (f", {ledger.salvaged} of them with a task id recovered"
+                        if ledger.salvaged else "")
+            warn(f"{ledger.path}: {ledger.torn} unreadable record(s), such as one torn by a "
+                 f"killed run{salvaged}; copied to {out / UNREADABLE_NAME}; lines without a "
+                 "readable record run again")
+        changed = changed_lines(entries, ledger)
+        if changed and not args.allow_changed:
+            raise UsageError(_changed_message(args.file, ledger, changed))
         return run_batch(args, entries, ledger)
     finally:
         ledger.close()
+
+
+def _changed_message(source: str, ledger: Ledger, changed: list[Entry]) -> str:
+    lines = ", ".join(str(e.line) for e in changed[:5]) + (", ..." if len(changed) > 5 else "")
+    name = "standard input" if source == "-" else source
+    return (
+        f"{ledger.path} was written for other requests: {len(changed)} line(s) of {name} "
+        f"(line {lines}) differ from the requests it holds task ids for. Nothing was sent. "
+        "To run this file, pick another --out; to resume the earlier job, run it with its "
+        "own input file. --allow-changed runs the changed lines as new (paid) tasks and "
+        "keeps the earlier records and task ids in the manifest."
+    )
 
 
 def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 from flux_async import __version__
+from flux_async._client import API_KEY_ENV, BASE_URL_ENV
 
 __all__ = [
     "API_KEY_ENV",
@@ -20,10 +21,6 @@ __all__ = [
     "generation_time",
     "rate",
 ]
-
-# The environment the library reads (flux_async.FluxClient documents both).
-API_KEY_ENV = "ACEDATACLOUD_API_TOKEN"
-BASE_URL_ENV = "FLUX_ASYNC_BASE_URL"
 
 _EPILOG = f"""\
 The API key is read from ${API_KEY_ENV}; prefer it to --api-key, which
@@ -192,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--retry-failed", action="store_true",
         help="submit failed lines again (a new, paid task each)",
+    )
+    batch.add_argument(
+        "--allow-changed", action="store_true",
+        help="run lines that differ from the manifest's requests as new (paid) lines; "
+        "the manifest keeps the earlier records and task ids (without it such a run "
+        "is refused)",
     )
 
     task = commands.add_parser("task", help="look at tasks by id")

@@ -19,7 +19,7 @@ from flux_async import (
     TaskStatus,
 )
 
-from ._args import UsageError
+from ._args import API_KEY_ENV, BASE_URL_ENV, UsageError
 from ._connect import connect, service_name
 from ._output import error, print_json, result_json, show_task, task_json, warn
 from ._progress import spinner
@@ -176,7 +176,7 @@ def serve(args: argparse.Namespace) -> int:
     def ready(server: LocalFluxServer) -> None:
         warn(
             "point flux-async (or any client) at it with:\n"
-            f"  export FLUX_ASYNC_BASE_URL={server.url} ACEDATACLOUD_API_TOKEN={server.token}\n"
+            f"  export {BASE_URL_ENV}={server.url} {API_KEY_ENV}={server.token}\n"
             "Ctrl-C stops it."
         )
 

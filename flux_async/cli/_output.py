@@ -6,6 +6,7 @@ so ``flux-async generate ... --json | jq`` always reads clean JSON.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import flux_async
 from flux_async import (
     APIError,
     AuthenticationError,
@@ -32,7 +34,9 @@ from flux_async import (
 )
 
 __all__ = [
+    "HALTS",
     "PROG",
+    "disk_full",
     "error",
     "image_json",
     "print_json",
@@ -59,8 +63,49 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False), flush=True)
 
 
+# Failures that every later line would meet too: the batch stops feeding lines.
+HALTS = frozenset({"auth", "balance", "disabled", "disk_full", "manifest"})
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _named(exc: BaseException, name: str) -> bool:
+    # ForbiddenError and UpstreamTimeoutError are newer than some installs of the
+    # library: looked up by name, so the CLI runs with and without them.
+    kind = getattr(flux_async, name, None)
+    return isinstance(kind, type) and isinstance(exc, kind)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is "no space left" on the local disk."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # a DownloadError raised from the OSError, and so on
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def reason_of(exc: BaseException) -> str:
-    """A short machine-friendly word for why a line failed (the summary groups by it)."""
+    """A short machine-friendly word for why a line failed (the summary groups by it).
+
+    ``auth``, ``balance`` and ``disabled`` concern the API key, not the line (see
+    ``HALTS``). ``forbidden`` (403: the content was refused, or no access) and
+    ``upstream_timeout`` (504: the model timed out, not billed) concern one line only.
+    """
+    if disk_full(exc):
+        return "disk_full"
+    if isinstance(exc, APIError):
+        if _named(exc, "ForbiddenError") or exc.code == "forbidden":
+            return "forbidden"
+        if _named(exc, "UpstreamTimeoutError") or (exc.status == 504 and exc.code == "timeout"):
+            return "upstream_timeout"
+        if exc.code == "disabled":
+            return "disabled"
+        if isinstance(exc, InsufficientBalanceError):
+            # 403 means "balance" only with used_up (or no code at all), never a refusal.
+            return "balance" if exc.code in (None, "used_up") else "forbidden"
     table: list[tuple[type[BaseException], str]] = [
         (TaskFailedError, "task_failed"),
         (TaskTimeoutError, "timeout"),
@@ -68,7 +113,6 @@ def reason_of(exc: BaseException) -> str:
         (DownloadError, "download"),
         (ValidationError, "invalid_request"),
         (AuthenticationError, "auth"),
-        (InsufficientBalanceError, "balance"),
         (NotFoundError, "not_found"),
         (RateLimitError, "rate_limited"),
         (APIError, "api_error"),
