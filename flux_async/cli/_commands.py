@@ -19,7 +19,7 @@ from flux_async import (
     TaskStatus,
 )
 
-from ._args import API_KEY_ENV, BASE_URL_ENV, UsageError
+from ._args import API_KEY_ENV, BASE_URL_ENV, UsageError, check_out_dir
 from ._connect import connect, service_name
 from ._output import error, print_json, result_json, show_task, task_json, warn
 from ._progress import spinner
@@ -30,11 +30,15 @@ __all__ = ["edit", "generate", "serve", "task_get", "task_wait"]
 
 def generate(args: argparse.Namespace) -> int:
     request = GenerateRequest(args.prompt, model=args.model, size=args.size, count=args.count)
+    if not args.no_download:
+        check_out_dir(args.out)
     return asyncio.run(_one(args, request))
 
 
 def edit(args: argparse.Namespace) -> int:
     request = EditRequest(args.prompt, image_url=args.image_url, model=args.model, size=args.size)
+    if not args.no_download:
+        check_out_dir(args.out)
     return asyncio.run(_one(args, request))
 
 
@@ -75,6 +79,8 @@ async def _one(args: argparse.Namespace, request: ImageRequest) -> int:
 
 
 def task_get(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_out_dir(args.out)
     return asyncio.run(_task_get(args))
 
 
@@ -115,6 +121,7 @@ async def _task_get(args: argparse.Namespace) -> int:
 
 
 def task_wait(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
     return asyncio.run(_task_wait(args))
 
 
