@@ -36,6 +36,7 @@ import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -176,6 +177,7 @@ class BatchJob:
         self._downloads = anyio.Semaphore(max(4, client.max_concurrency))
         self._resume_scope = anyio.CancelScope()
         self._settled = anyio.Event()  # set when a taken line gets a task id or fails
+        self._parts_before = _parts(self.out)
 
     # --- planning --------------------------------------------------------------------
 
@@ -262,6 +264,12 @@ class BatchJob:
             # After a hard stop, lines cut off between "taken" and "task id known".
             self.cut_off = self.submitting if self.stop.interrupted else 0
             self.reporter.close()
+            # Every download of this run is over: a temporary file made since the
+            # start is a leftover (some library versions leave them when the disk
+            # is full). The lock keeps other batches out of this directory.
+            for part in _parts(self.out) - self._parts_before:
+                with contextlib.suppress(OSError):
+                    part.unlink()
 
     @property
     def submitting(self) -> int:
@@ -402,7 +410,10 @@ class BatchJob:
                 paths = await self.client.download(
                     result, self.out, prefix=self._prefix(entry), overwrite=True
                 )
-            except (FluxError, OSError) as exc:
+            except Exception as raised:
+                exc = _download_failure(raised)
+                if exc is None:
+                    raise
                 if reason_of(exc) == "disk_full":
                     # The task id stays in the manifest: a later run downloads, not pays.
                     message = (f"could not save the images of task {result.task_id} "
@@ -448,6 +459,35 @@ class BatchJob:
         self._report()
         if reason in HALTS:
             self._halt(reason, message)
+
+
+def _parts(directory: Path) -> set[Path]:
+    """The temporary files of downloads in ``directory``."""
+    try:
+        return set(directory.glob(".flux-*.part"))
+    except OSError:
+        return set()
+
+
+def _download_failure(exc: BaseException) -> FluxError | OSError | None:
+    """The error a failed download means, or None for anything else (a bug: re-raised).
+
+    Some versions of the library let an OSError out of their clean-up, inside
+    exception groups, when the disk is full; a full disk wins over other errors.
+    """
+    leaves: list[BaseException] = []
+    stack = [exc]
+    while stack:
+        item = stack.pop()
+        inner = getattr(item, "exceptions", None)
+        if isinstance(inner, tuple):
+            stack.extend(inner)
+        else:
+            leaves.append(item)
+    known = [e for e in leaves if isinstance(e, (FluxError, OSError))]
+    if not known or len(known) < len(leaves):
+        return None
+    return next((e for e in known if reason_of(e) == "disk_full"), known[0])
 
 
 def _strerror(exc: BaseException) -> str:
