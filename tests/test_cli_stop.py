@@ -54,32 +54,32 @@ def task_ids(out: Path) -> int:
 @pytest.mark.parametrize(
     ("state", "reason", "fix"),
     [
-        ("expired", "auth", "fix it ($ACEDATACLOUD_API_TOKEN or --api-key)"),
-        ("used_up", "balance", "top it up"),
+        ("expired", "auth", "the service refused the API key"),
+        ("used_up", "balance", "the balance of the API key is used up"),
     ],
 )
 def test_a_refused_key_stops_the_feed_and_a_rerun_pays_nothing_twice(
     server: Server, tmp_path: Path, state: str, reason: str, fix: str
 ) -> None:
-    prompts = [f"{state} prompt {i}" for i in range(30)]
+    prompts = [f"{state} prompt {i}" for i in range(20)]
     source = prompts_file(tmp_path, prompts)
     out = tmp_path / "out"
     args = ["batch", str(source), "--out", str(out), "--concurrency", "3", "--rate", "0",
             "--poll-interval", "0.05"]
-    server.settings(generation_time=(0.3, 0.6))
+    server.settings(generation_time=(0.2, 0.4))
 
     run = start_cli(*args, env=server.env())
-    wait_until(lambda: task_ids(out) >= 4)
+    wait_until(lambda: task_ids(out) >= 3)
     token_state(server, state)
     stdout, stderr = run.communicate(timeout=60)
     assert "Traceback" not in stderr
     assert run.returncode == 1, stderr
     paid = server.stats()["tasks_created"]
-    assert 4 <= paid < len(prompts) - 10  # stopped long before the end
+    assert 3 <= paid < len(prompts) - 6  # stopped long before the end
     assert "stopping:" in stderr
     assert "stopped early:" in stdout
     assert fix in stdout
-    assert "run the same command again" in stdout
+    assert "then run the same command again" in stdout
     if reason == "auth":
         assert "balance" not in stdout + stderr
     records = manifest(out)
@@ -91,7 +91,7 @@ def test_a_refused_key_stops_the_feed_and_a_rerun_pays_nothing_twice(
     no_traceback(again)
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
-    assert (summary["done"], summary["images"], summary["stopped"]) == (30, 30, None)
+    assert (summary["done"], summary["images"], summary["stopped"]) == (20, 20, None)
     stats = server.stats()
     assert stats["tasks_per_prompt"] == dict.fromkeys(prompts, 1)
 

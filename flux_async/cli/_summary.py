@@ -14,14 +14,15 @@ if TYPE_CHECKING:
 
 __all__ = ["print_summary", "summarize"]
 
-# What to do about a halt (see _output.HALTS), after "fix it, then run the same
-# command again".
-_FIXES = {
-    "auth": f"the API key was refused: fix it (${API_KEY_ENV} or --api-key)",
-    "balance": "the balance of the API key is used up: top it up",
-    "disabled": "the application of the API key is disabled: enable it",
-    "disk_full": "the disk is full: free some space",
-    "manifest": "the manifest cannot be written: free some space or fix its permissions",
+# A halt (see _output.HALTS) for people: what happened, and what to fix before
+# running the same command again.
+_HALTS = {
+    "auth": ("the service refused the API key",
+             f"Fix the key (${API_KEY_ENV} or --api-key)"),
+    "balance": ("the balance of the API key is used up", "Top it up"),
+    "disabled": ("the application of the API key is disabled", "Enable it"),
+    "disk_full": ("the disk is full", "Free some space"),
+    "manifest": ("the manifest cannot be written", "Free some space or fix its permissions"),
 }
 
 
@@ -97,12 +98,12 @@ def print_summary(summary: dict[str, Any], *, local: bool) -> None:
     print(f"manifest: {summary['manifest']}")
     stopped = summary["stopped"]
     if stopped is not None and not summary["interrupted"]:
+        what, fix = _HALTS.get(stopped["reason"], ("every line would fail", "Fix it"))
         print(
-            f"stopped early: {stopped['message']}. "
-            f"{summary['not_started']} line(s) not submitted. "
-            f"{_FIXES.get(stopped['reason'], 'fix it')}, then run the same command again: "
-            "done lines are skipped, lines with a task id are waited on and downloaded "
-            "(not paid again), the rest are submitted."
+            f"stopped early: {what} ({stopped['message']}). "
+            f"{summary['not_started']} line(s) not submitted. {fix}, then run the same "
+            "command again: done lines are skipped, lines with a task id are waited on "
+            "and downloaded (not paid again), the rest are submitted."
         )
     if summary["interrupted"]:
         running = summary["running"]
