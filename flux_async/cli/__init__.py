@@ -21,12 +21,13 @@ from pathlib import Path
 from flux_async import ConfigurationError, FluxError, GenerateRequest, ValidationError
 
 from ._args import UsageError, build_parser
-from ._batch import changed_lines, run_batch
+from ._batch import run_batch
 from ._commands import edit, generate, serve, task_get, task_wait
 from ._connect import check_key
 from ._input import Defaults, Entry, InputError, parse_lines, read_source
 from ._ledger import UNREADABLE_NAME, Ledger, LedgerBusyError
 from ._output import PROG, error, warn
+from ._plan import changed_lines
 
 __all__ = ["main"]
 

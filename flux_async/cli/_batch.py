@@ -4,19 +4,17 @@ The rules that make a run resumable (the manifest is described in ``_ledger``):
 
 * A line's task id is written to the manifest the moment the service gives it
   (map's ``submitted`` event), before anything waits on it.
-* On a later run, per line (a line whose request changed since counts as new):
-  ``done`` with its files present is skipped; a line with a task id and no
-  result (``submitted``, or ``failed`` for a reason the task itself may not have:
-  a timeout, a download or network error) is waited on again by task id, which
-  costs nothing; a line never submitted is submitted. Lines whose task failed,
-  or whose submission may or may not have reached the service, are paid for
-  again only with ``--retry-failed``.
+* On a later run (``_plan``): ``done`` with its files present is skipped; a
+  line with a task id and no result is waited on again by task id, which costs
+  nothing; a line never submitted is submitted. Lines whose task failed, or
+  whose submission may or may not have reached the service, are paid for again
+  only with ``--retry-failed``.
 * A task id the service does not know fails the line (``not_found``): it is never
   silently submitted again, except with ``--local``, where every run starts a
   fresh local server that cannot know the previous one's tasks.
 * A line whose request differs from what the manifest holds a task id for
   (another input file, or an edited line) is refused before any request
-  (``changed_lines``); ``--allow-changed`` runs it as a new line and the manifest
+  (``_plan.changed_lines``); ``--allow-changed`` runs it as a new line and the manifest
   keeps the earlier record and its task id (see ``_ledger``).
 * Ctrl-C stops feeding prompts, waits briefly for submissions already sent to
   return their task ids (so none is paid twice), then cancels the rest: waits
@@ -32,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +42,6 @@ from flux_async import (
     DownloadError,
     FluxClient,
     FluxError,
-    ImageRequest,
     ImageResult,
     MapEvent,
     NotFoundError,
@@ -55,86 +50,21 @@ from flux_async import (
 )
 
 from ._connect import connect, service_name
+from ._feed import Feed
 from ._input import Entry, request_fields
-from ._ledger import RESOLVED_FAILURES, Ledger, Record
-from ._output import HALTS, PROG, print_json, reason_of, warn
+from ._ledger import Ledger, Record
+from ._output import HALTS, PROG, download_failure, print_json, reason_of, strerror, warn
+from ._plan import file_prefix, make_plan
 from ._progress import Counts, Reporter, make_reporter
 from ._stop import Stop
 from ._summary import print_summary, summarize
 
-__all__ = ["BatchJob", "changed_lines", "run_batch"]
+__all__ = ["BatchJob", "run_batch"]
 
 # How long a graceful stop waits for submissions on the wire to return a task id.
 STOP_GRACE = 15.0
-# Failures without a task id that a new submission may simply retry, once the
-# account is fixed: the service refused the key before creating anything.
-_FREE_TO_RETRY = frozenset({"auth", "balance", "disabled"})
 # Download answers meaning the image is gone for good (an expired CDN link).
 _GONE = frozenset({403, 404, 410})
-
-
-def changed_lines(entries: list[Entry], ledger: Ledger) -> list[Entry]:
-    """Lines whose request is not the one the manifest holds a task id for.
-
-    Running them would leave the manifest with two requests for one line; a run of
-    another input into the same directory would read as nothing but such lines.
-    """
-    return [
-        entry for entry in entries
-        if entry.request is not None
-        and ledger.find(entry.line, entry.key) is None
-        and ledger.others(entry.line, entry.key)
-    ]
-
-
-class Feed:
-    """The lines still to submit, handed to ``client.map`` one at a time.
-
-    It is fed while the job runs (a stale ``--local`` task id sends its line
-    back here), so it is a queue that ends when ``close()``d, not a list. At most
-    ``window`` lines are outstanding (taken and not yet resolved), the same window
-    as map's own, so a line is only taken when it can be submitted at once: when a
-    stop comes, nothing waits in between, half-sent.
-    """
-
-    def __init__(self, window: int) -> None:
-        self.window = window
-        self.outstanding = 0
-        self.taken: list[Entry] = []  # map's index -> line
-        self._queue: collections.deque[Entry] = collections.deque()
-        self._closed = self._stopped = False
-        self._wake = anyio.Event()
-
-    def put(self, entry: Entry) -> None:
-        self._queue.append(entry)
-        self._wake.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
-
-    def release(self) -> None:
-        """One taken line resolved."""
-        self.outstanding -= 1
-        self._wake.set()
-
-    async def requests(self) -> AsyncIterator[ImageRequest]:
-        while not self._stopped:
-            if self._queue and self.outstanding < self.window:
-                entry = self._queue.popleft()
-                self.outstanding += 1
-                self.taken.append(entry)
-                assert entry.request is not None
-                yield entry.request
-            elif self._closed and not self._queue:
-                return
-            else:
-                self._wake = anyio.Event()
-                await self._wake.wait()
 
 
 class BatchJob:
@@ -182,44 +112,18 @@ class BatchJob:
     # --- planning --------------------------------------------------------------------
 
     def plan(self) -> None:
-        """Sort every line into skip / wait again / submit, per the resume rules."""
-        for entry in self.entries:
-            if entry.error is not None:
-                self._invalid(entry)
-                continue
-            record = self.ledger.find(entry.line, entry.key)
-            current = self.ledger.get(entry.line)
-            if record is None and current is not None and current.status != "invalid":
-                self.reporter.note(
-                    f"{PROG}: {self.label}:{entry.line}: the line changed since the manifest was "
-                    "written; running it as a new line"
-                )
-            if record is None or record.status == "invalid":
-                self.fresh.append(entry)
-            elif record.status == "done" and self._files_present(record):
-                self.skipped += 1
-            elif record.task_id and (
-                record.status in ("submitted", "done")
-                or (record.status == "failed" and record.reason not in RESOLVED_FAILURES)
-            ):
-                self.resume.append((entry, record.task_id))
-            elif record.status == "failed" and not self.retry_failed and not (
-                record.reason in _FREE_TO_RETRY
-                or (self.local and record.reason == "not_found")
-            ):
-                self.kept_failed += 1
-            else:
-                self.fresh.append(entry)
-
-    def _files_present(self, record: Record) -> bool:
-        return bool(record.files) and all((self.out / name).is_file() for name in record.files)
-
-    def _prefix(self, entry: Entry) -> str:
-        """The stem of the line's files; with another request's records on the same
-        line (--allow-changed), the key keeps the two requests' files apart."""
-        if entry.key and self.ledger.others(entry.line, entry.key):
-            return f"{entry.prefix}-{entry.key[:6]}"
-        return entry.prefix
+        """Sort every line into skip / wait again / submit (see ``_plan``)."""
+        plan = make_plan(self.entries, self.ledger, self.out, retry_failed=self.retry_failed,
+                         local=self.local)
+        for entry in plan.invalid:
+            self._invalid(entry)
+        for entry in plan.changed:
+            self.reporter.note(
+                f"{PROG}: {self.label}:{entry.line}: the line changed since the manifest was "
+                "written; running it as a new line"
+            )
+        self.fresh, self.resume = plan.fresh, plan.resume
+        self.skipped, self.kept_failed = plan.skipped, plan.kept_failed
 
     def _write(self, record: Record) -> None:
         self.ledger.write(record)
@@ -408,16 +312,16 @@ class BatchJob:
         async with self._downloads:
             try:
                 paths = await self.client.download(
-                    result, self.out, prefix=self._prefix(entry), overwrite=True
+                    result, self.out, prefix=file_prefix(entry, self.ledger), overwrite=True
                 )
             except Exception as raised:
-                exc = _download_failure(raised)
+                exc = download_failure(raised)
                 if exc is None:
                     raise
                 if reason_of(exc) == "disk_full":
                     # The task id stays in the manifest: a later run downloads, not pays.
                     message = (f"could not save the images of task {result.task_id} "
-                               f"in {self.out}: {_strerror(exc)}")
+                               f"in {self.out}: {strerror(exc)}")
                     self._record_failure(entry, "disk_full", result.task_id, message)
                     return
                 gone = isinstance(exc, DownloadError) and exc.status in _GONE
@@ -467,37 +371,6 @@ def _parts(directory: Path) -> set[Path]:
         return set(directory.glob(".flux-*.part"))
     except OSError:
         return set()
-
-
-def _download_failure(exc: BaseException) -> FluxError | OSError | None:
-    """The error a failed download means, or None for anything else (a bug: re-raised).
-
-    Some versions of the library let an OSError out of their clean-up, inside
-    exception groups, when the disk is full; a full disk wins over other errors.
-    """
-    leaves: list[BaseException] = []
-    stack = [exc]
-    while stack:
-        item = stack.pop()
-        inner = getattr(item, "exceptions", None)
-        if isinstance(inner, tuple):
-            stack.extend(inner)
-        else:
-            leaves.append(item)
-    known = [e for e in leaves if isinstance(e, (FluxError, OSError))]
-    if not known or len(known) < len(leaves):
-        return None
-    return next((e for e in known if reason_of(e) == "disk_full"), known[0])
-
-
-def _strerror(exc: BaseException) -> str:
-    """The OSError's words behind ``exc`` ("No space left on device"), else ``exc``."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            return seen.strerror
-        seen = seen.__cause__
-    return str(exc)
 
 
 async def _run(

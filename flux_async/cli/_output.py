@@ -37,12 +37,14 @@ __all__ = [
     "HALTS",
     "PROG",
     "disk_full",
+    "download_failure",
     "error",
     "image_json",
     "print_json",
     "reason_of",
     "result_json",
     "show_task",
+    "strerror",
     "task_json",
     "warn",
 ]
@@ -123,6 +125,37 @@ def reason_of(exc: BaseException) -> str:
         if isinstance(exc, kind):
             return reason
     return "error"
+
+
+def download_failure(exc: BaseException) -> FluxError | OSError | None:
+    """The error a failed download means, or None for anything else (a bug: re-raised).
+
+    Some versions of the library let an OSError out of their clean-up, inside
+    exception groups, when the disk is full; a full disk wins over other errors.
+    """
+    leaves: list[BaseException] = []
+    stack = [exc]
+    while stack:
+        item = stack.pop()
+        inner = getattr(item, "exceptions", None)
+        if isinstance(inner, tuple):
+            stack.extend(inner)
+        else:
+            leaves.append(item)
+    known = [e for e in leaves if isinstance(e, (FluxError, OSError))]
+    if not known or len(known) < len(leaves):
+        return None
+    return next((e for e in known if reason_of(e) == "disk_full"), known[0])
+
+
+def strerror(exc: BaseException) -> str:
+    """The OSError's words behind ``exc`` ("No space left on device"), else ``exc``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__
+    return str(exc)
 
 
 def image_json(image: Image) -> dict[str, Any]:
