@@ -4,8 +4,11 @@ Built on the public API of ``flux_async`` (and ``flux_async.testing`` for
 ``--local`` and ``serve``) only. ``main()`` maps every outcome to an exit status
 and never lets a traceback out unless ``--debug`` asks for it:
 
-* 0 everything done; 1 something failed (a task, a download, a batch line);
-* 2 bad usage or configuration (unknown option, missing key, unreadable file);
+* 0 everything done; 1 something failed (a task, a download, a batch line, or a
+  batch stopped early because every later line would fail: key, balance, disk);
+* 2 bad usage or configuration, found before any request (unknown option, bad
+  value, missing key, unreadable file, unwritable --out, a manifest written for
+  other requests, another batch on the same --out);
 * 130 interrupted by Ctrl-C (143 by SIGTERM).
 """
 
@@ -52,6 +55,8 @@ def batch(args: argparse.Namespace) -> int:
         ledger.open()
     except OSError as exc:
         raise UsageError(f"cannot use {out} for the manifest: {exc.strerror or exc}") from None
+    except ImportError as exc:  # the cli extra is not installed
+        raise UsageError(str(exc)) from None
     try:
         if ledger.torn:
             salvaged = (f", {ledger.salvaged} of them with a task id recovered"

@@ -32,8 +32,9 @@ The API key is read from ${API_KEY_ENV}; prefer it to --api-key, which
 other users of the machine can see in the process list. --local runs everything
 against a bundled local server instead: no key, no network, real PNG files.
 
-exit status: 0 all done, 1 something failed, 2 bad usage or configuration,
-130 interrupted (Ctrl-C).
+exit status: 0 all done; 1 something failed (or a batch stopped early: key
+refused, balance used up, disk full); 2 bad usage or configuration, found before
+any request; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 
@@ -266,7 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
         "name (file name stem). '-' reads standard input.\n\n"
         "DIR/manifest.jsonl records every line as it goes. Running the same command\n"
         "again resumes: done lines are skipped, submitted lines are waited on by task\n"
-        "id (not paid again), failed lines are retried only with --retry-failed.",
+        "id (not paid again), failed lines are retried only with --retry-failed.\n\n"
+        "The manifest never forgets a task id: a FILE whose lines differ from the\n"
+        "requests DIR's manifest holds task ids for is refused (exit status 2).\n"
+        "A refused key, a used-up balance or a full disk stops feeding new lines;\n"
+        "submitted ones are still waited on. Fix the cause, run the same command.",
     )
     batch.add_argument("file", type=_path("a file name, or - for standard input"),
                        metavar="FILE")

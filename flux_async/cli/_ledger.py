@@ -38,10 +38,12 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
-from filelock import FileLock, Timeout
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 __all__ = [
     "MANIFEST_NAME",
@@ -182,9 +184,16 @@ class Ledger:
 
     def open(self) -> None:
         """Lock the directory, load what an earlier run recorded, and compact it."""
+        try:
+            # filelock (the ``cli`` extra): an OS lock on Unix and Windows alike,
+            # released by the OS if the process dies, so a killed run never leaves
+            # the directory locked.
+            from filelock import FileLock, Timeout
+        except ImportError:
+            raise ImportError(
+                "flux-async batch needs the filelock package: pip install 'flux-async[cli]'"
+            ) from None
         self.directory.mkdir(parents=True, exist_ok=True)
-        # filelock: an OS lock on Unix and Windows alike, released by the OS if the
-        # process dies, so a killed run never leaves the directory locked.
         lock = FileLock(self.directory / LOCK_NAME, timeout=0, thread_local=False)
         try:
             lock.acquire()
