@@ -54,6 +54,7 @@ BAD: list[tuple[list[str], str]] = [
     (["batch", "prompts.txt", "--out", "out", "--concurrency", "-1"],
      "argument --concurrency: must be a whole number"),
     (["batch", "prompts.txt", "--out", "out", "--count", "nan"], "argument --count"),
+    (["gallery", ""], "argument DIR: must not be empty"),
     (["serve", "--port", "99999"], "argument --port: must be a port number from 0 to 65535"),
     (["serve", "--port", "-1"], "argument --port: must be a port number"),
     (["serve", "--host", ""], "argument --host: must not be empty"),

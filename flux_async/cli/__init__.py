@@ -25,7 +25,7 @@ from flux_async import ConfigurationError, FluxError, GenerateRequest, Validatio
 
 from ._args import UsageError, build_parser
 from ._batch import run_batch
-from ._commands import edit, generate, serve, task_get, task_wait
+from ._commands import edit, gallery, generate, serve, task_get, task_wait
 from ._connect import check_key
 from ._input import Defaults, Entry, InputError, parse_lines, read_source
 from ._ledger import UNREADABLE_NAME, Ledger, LedgerBusyError
@@ -44,7 +44,9 @@ def batch(args: argparse.Namespace) -> int:
     GenerateRequest("check", model=args.model, size=args.size, count=args.count)
     text, by_name = read_source(args.file)
     defaults = Defaults(model=args.model, size=args.size, count=args.count)
-    entries = parse_lines(text, jsonl=True if by_name else None, defaults=defaults)
+    # A line's image path is relative to the batch file's directory.
+    base = None if args.file == "-" else Path(args.file).resolve().parent
+    entries = parse_lines(text, jsonl=True if by_name else None, defaults=defaults, base=base)
     if not entries:
         raise UsageError(f"{'standard input' if args.file == '-' else args.file} has no prompts")
     out = Path(args.out)
@@ -88,7 +90,7 @@ def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
     if args.command == "task":
         return task_get if args.task_command == "get" else task_wait
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "generate": generate, "edit": edit, "batch": batch, "serve": serve,
+        "generate": generate, "edit": edit, "batch": batch, "serve": serve, "gallery": gallery,
     }
     return commands[args.command]
 
@@ -127,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     try:
-        if args.command != "serve":
+        if args.command not in ("serve", "gallery"):
             check_key(args)  # first: before reading input or starting anything
         return _command(args)(args)
     except KeyboardInterrupt:  # only where the loop cannot catch signals (Windows)

@@ -1,4 +1,5 @@
-"""The command line: ``flux-async generate | edit | batch | task get | task wait | serve``.
+"""The command line: ``flux-async generate | edit | batch | gallery | task get | task wait |
+serve``.
 
 Options that say where and how to connect live on a parent parser shared by
 every command, so ``--local`` and ``--json`` work after any command name.
@@ -249,10 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = commands.add_parser(
         "edit", parents=[common], help="edit an image by prompt",
-        description="Edit the image at --image-url as PROMPT says; download the result.",
+        description="Edit the image (a local file, uploaded first, or an http(s) URL) as "
+        "PROMPT says; download the result.",
     )
     edit.add_argument("prompt", metavar="PROMPT")
-    edit.add_argument("--image-url", required=True, metavar="URL", help="the image to edit")
+    image = edit.add_mutually_exclusive_group(required=True)
+    image.add_argument("--image", metavar="FILE|URL",
+                       help="the image to edit: a PNG, JPEG, WebP or GIF file (at most 25 MB, "
+                       "uploaded first) or an http(s) URL")
+    image.add_argument("--image-url", metavar="URL", help="the image to edit, by URL")
     _request_options(edit, count=False)
     edit.add_argument("--out", default=".", type=_directory, metavar="DIR",
                       help="where images go (.)")
@@ -263,15 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run every line of FILE and download every image into DIR.\n\n"
         "FILE has one prompt a line (blank lines and #comments skipped), or is JSONL\n"
-        "with fields prompt, model, size, count, action (generate|edit), image_url,\n"
-        "name (file name stem). '-' reads standard input.\n\n"
+        "with fields prompt, model, size, count, action (generate|edit), image (a file,\n"
+        "relative to FILE's directory, uploaded before its line is submitted, or a URL),\n"
+        "image_url, name (file name stem). '-' reads standard input.\n\n"
         "DIR/manifest.jsonl records every line as it goes. Running the same command\n"
         "again resumes: done lines are skipped, submitted lines are waited on by task\n"
         "id (not paid again), failed lines are retried only with --retry-failed.\n\n"
         "The manifest never forgets a task id: a FILE whose lines differ from the\n"
         "requests DIR's manifest holds task ids for is refused (exit status 2).\n"
         "A refused key, a used-up balance or a full disk stops feeding new lines;\n"
-        "submitted ones are still waited on. Fix the cause, run the same command.",
+        "submitted ones are still waited on. Fix the cause, run the same command.\n\n"
+        "DIR/index.html shows every line's images (or why it failed) and is kept\n"
+        "current while the job runs: open it in a browser.",
     )
     batch.add_argument("file", type=_path("a file name, or - for standard input"),
                        metavar="FILE")
@@ -296,6 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
         "the manifest keeps the earlier records and task ids (without it such a run "
         "is refused)",
     )
+
+    gallery = commands.add_parser(
+        "gallery", help="rebuild DIR/index.html, the page of a batch's images",
+        description="Rebuild DIR/index.html from DIR/manifest.jsonl: every line of a batch "
+        "with its images, or why it failed. 'batch' keeps it current as it runs; this "
+        "needs no key and no network.",
+    )
+    gallery.add_argument("dir", type=_directory, metavar="DIR",
+                         help="the --out directory of a batch")
+    gallery.add_argument("--debug", action="store_true", help="show tracebacks")
 
     task = commands.add_parser("task", help="look at tasks by id")
     task_commands = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)

@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from flux_async import (
     DownloadError,
+    EditRequest,
     FluxClient,
     FluxError,
     ImageResult,
@@ -51,6 +53,8 @@ from flux_async import (
 
 from ._connect import connect, service_name
 from ._feed import Feed
+from ._gallery import LiveGallery
+from ._images import uploaded
 from ._input import Entry, request_fields
 from ._ledger import Ledger, Record
 from ._output import HALTS, PROG, download_failure, print_json, reason_of, strerror, warn
@@ -94,7 +98,7 @@ class BatchJob:
         self.reporter = reporter
         self.stop = stop
         self.counts = Counts()
-        self.feed = Feed(client.max_concurrency)
+        self.feed = Feed(client.max_concurrency, prepare=self._upload)
         self.fresh: list[Entry] = []
         self.resume: list[tuple[Entry, str]] = []
         self.skipped = 0  # done in an earlier run
@@ -108,6 +112,7 @@ class BatchJob:
         self._resume_scope = anyio.CancelScope()
         self._settled = anyio.Event()  # set when a taken line gets a task id or fails
         self._parts_before = _parts(self.out)
+        self.gallery = LiveGallery(self.out, entries, ledger, on_error=reporter.note)
 
     # --- planning --------------------------------------------------------------------
 
@@ -160,6 +165,7 @@ class BatchJob:
             with self.stop.scope():
                 async with anyio.create_task_group() as outer:
                     outer.start_soon(self._watch_stop)
+                    outer.start_soon(self.gallery.run)
                     async with anyio.create_task_group() as work:
                         work.start_soon(self._resume_all)
                         work.start_soon(self._submit_all, work)
@@ -167,6 +173,7 @@ class BatchJob:
         finally:
             # After a hard stop, lines cut off between "taken" and "task id known".
             self.cut_off = self.submitting if self.stop.interrupted else 0
+            self.gallery.finish(interrupted=self.stop.interrupted)
             self.reporter.close()
             # Every download of this run is over: a temporary file made since the
             # start is a leftover (some library versions leave them when the disk
@@ -197,6 +204,22 @@ class BatchJob:
 
     def _report(self) -> None:
         self.reporter.update(self.counts)
+        self.gallery.changed()
+
+    async def _upload(self, entry: Entry) -> Entry | None:
+        """Upload a line's local image just before it is submitted (uploads are free)."""
+        assert isinstance(entry.request, EditRequest)
+        assert entry.image is not None
+        try:
+            request = await uploaded(self.client, entry.request, entry.image)
+        except FluxError as exc:
+            # Nothing was paid: "invalid" lines run again next time, without --retry-failed.
+            self.reporter.note(f"{PROG}: {self.label}:{entry.line}: upload failed: {exc}")
+            self._write(Record(entry.line, "invalid", error=str(exc), reason="upload"))
+            self.counts.failed += 1
+            self._report()
+            return None
+        return attrs.evolve(entry, request=request)
 
     async def _resume_all(self) -> None:
         """Wait again on the task ids an earlier run recorded, without submitting."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 
@@ -24,8 +24,11 @@ class Feed:
     stop comes, nothing waits in between, half-sent.
     """
 
-    def __init__(self, window: int) -> None:
+    def __init__(
+        self, window: int, prepare: Callable[[Entry], Awaitable[Entry | None]] | None = None
+    ) -> None:
         self.window = window
+        self.prepare = prepare  # uploads a line's local image; None when that failed
         self.outstanding = 0
         self.taken: list[Entry] = []  # map's index -> line
         self._queue: collections.deque[Entry] = collections.deque()
@@ -53,6 +56,11 @@ class Feed:
         while not self._stopped:
             if self._queue and self.outstanding < self.window:
                 entry = self._queue.popleft()
+                if entry.image is not None and self.prepare is not None:
+                    prepared = await self.prepare(entry)
+                    if prepared is None:
+                        continue
+                    entry = prepared
                 self.outstanding += 1
                 self.taken.append(entry)
                 assert entry.request is not None

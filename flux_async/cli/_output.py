@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import flux_async
 from flux_async import (
     APIError,
     AuthenticationError,
     DownloadError,
     FluxError,
+    ForbiddenError,
     Image,
     ImageResult,
     InsufficientBalanceError,
@@ -30,6 +30,7 @@ from flux_async import (
     TaskFailedError,
     TaskTimeoutError,
     TransportError,
+    UpstreamTimeoutError,
     ValidationError,
 )
 
@@ -70,13 +71,6 @@ HALTS = frozenset({"auth", "balance", "disabled", "disk_full", "manifest"})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def _named(exc: BaseException, name: str) -> bool:
-    # ForbiddenError and UpstreamTimeoutError are newer than some installs of the
-    # library: looked up by name, so the CLI runs with and without them.
-    kind = getattr(flux_async, name, None)
-    return isinstance(kind, type) and isinstance(exc, kind)
-
-
 def disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is "no space left" on the local disk."""
     seen: BaseException | None = exc
@@ -98,16 +92,12 @@ def reason_of(exc: BaseException) -> str:
     """
     if disk_full(exc):
         return "disk_full"
-    if isinstance(exc, APIError):
-        if _named(exc, "ForbiddenError") or exc.code == "forbidden":
-            return "forbidden"
-        if _named(exc, "UpstreamTimeoutError") or (exc.status == 504 and exc.code == "timeout"):
-            return "upstream_timeout"
-        if exc.code == "disabled":
-            return "disabled"
-        if isinstance(exc, InsufficientBalanceError):
-            # 403 means "balance" only with used_up (or no code at all), never a refusal.
-            return "balance" if exc.code in (None, "used_up") else "forbidden"
+    if isinstance(exc, ForbiddenError):
+        return "forbidden"
+    if isinstance(exc, UpstreamTimeoutError):
+        return "upstream_timeout"
+    if isinstance(exc, APIError) and exc.code == "disabled":
+        return "disabled"
     table: list[tuple[type[BaseException], str]] = [
         (TaskFailedError, "task_failed"),
         (TaskTimeoutError, "timeout"),
@@ -115,6 +105,7 @@ def reason_of(exc: BaseException) -> str:
         (DownloadError, "download"),
         (ValidationError, "invalid_request"),
         (AuthenticationError, "auth"),
+        (InsufficientBalanceError, "balance"),
         (NotFoundError, "not_found"),
         (RateLimitError, "rate_limited"),
         (APIError, "api_error"),

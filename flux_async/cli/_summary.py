@@ -28,10 +28,12 @@ _HALTS = {
 
 def record_of(job: BatchJob, entry: Entry) -> Record | None:
     """The record of this very request (not another request of the same line)."""
-    if entry.request is None:
-        record = job.ledger.get(entry.line)
-        return record if record is not None and record.status == "invalid" else None
-    return job.ledger.find(entry.line, entry.key)
+    record = job.ledger.find(entry.line, entry.key) if entry.request is not None else None
+    if record is None:
+        # An invalid line, or a valid one whose local image could not be uploaded.
+        current = job.ledger.get(entry.line)
+        return current if current is not None and current.status == "invalid" else None
+    return record
 
 
 def summarize(job: BatchJob, wall_time: float) -> dict[str, Any]:
@@ -76,6 +78,7 @@ def summarize(job: BatchJob, wall_time: float) -> dict[str, Any]:
         "images": images,
         "out": str(job.out),
         "manifest": str(job.ledger.path),
+        "gallery": str(job.gallery.path),
         "wall_time": round(wall_time, 3),
         "interrupted": job.stop.interrupted,
         "stopped": stopped,
@@ -95,7 +98,7 @@ def print_summary(summary: dict[str, Any], *, local: bool) -> None:
             f"this run: {summary['done_now']} done ({summary['resumed']} resumed by task id, "
             f"not paid again); {summary['skipped']} done earlier, skipped"
         )
-    print(f"manifest: {summary['manifest']}")
+    print(f"manifest: {summary['manifest']}  gallery: {summary['gallery']}")
     stopped = summary["stopped"]
     if stopped is not None and not summary["interrupted"]:
         what, fix = _HALTS.get(stopped["reason"], ("every line would fail", "Fix it"))
