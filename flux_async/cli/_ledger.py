@@ -171,7 +171,7 @@ class Ledger:
         self.path = directory / MANIFEST_NAME
         self.records: dict[int, Record] = {}  # each line's current (last) record
         # Earlier records of a line, for another request, that hold a task id.
-        self.kept: dict[tuple[int, str | None], Record] = {}
+        self.kept: dict[int, dict[str | None, Record]] = {}  # line -> key -> record
         self.torn = 0  # unreadable lines met on load
         self.salvaged = 0  # of which a task id was recovered
         self.unsaved: dict[tuple[int, str | None], Record] = {}  # not on disk yet
@@ -281,11 +281,11 @@ class Ledger:
         current = self.records.get(line)
         if current is not None and current.key == key:
             return current
-        return self.kept.get((line, key))
+        return self.kept.get(line, {}).get(key)
 
     def others(self, line: int, key: str | None) -> list[Record]:
         """Records of ``line`` for other requests than ``key`` that hold a task id."""
-        found = [r for (n, k), r in self.kept.items() if n == line and k != key]
+        found = [r for k, r in self.kept.get(line, {}).items() if k != key]
         current = self.records.get(line)
         if current is not None and current.key != key and current.task_id:
             found.append(current)
@@ -297,7 +297,8 @@ class Ledger:
 
     def all_records(self) -> list[Record]:
         """Every record the manifest holds: per line, the kept ones, then the current one."""
-        out = sorted(self.kept.values(), key=lambda r: (r.line, r.updated_at or ""))
+        out = sorted((r for kept in self.kept.values() for r in kept.values()),
+                     key=lambda r: (r.line, r.updated_at or ""))
         out += self.records.values()
         out.sort(key=lambda r: r.line)  # stable: a line's current record stays last
         return out
@@ -312,14 +313,16 @@ class Ledger:
         old = self.records.get(record.line)
         if old is not None and old.key != record.key:
             if old.task_id:
-                self.kept[(old.line, old.key)] = old
-            old = self.kept.get((record.line, record.key))
+                self.kept.setdefault(old.line, {})[old.key] = old
+            old = self.kept.get(record.line, {}).get(record.key)
         if strict and old is not None and is_open(old) and old.task_id != record.task_id:
             raise LedgerError(
                 f"line {record.line}: task {old.task_id} may still yield images; "
                 "record its outcome before giving the line another task"
             )
-        self.kept.pop((record.line, record.key), None)
+        kept = self.kept.get(record.line)
+        if kept is not None and kept.pop(record.key, None) is not None and not kept:
+            del self.kept[record.line]
         self.records[record.line] = record
 
     def write(self, record: Record) -> None:
