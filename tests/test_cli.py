@@ -479,7 +479,7 @@ def test_serve_refuses_bad_settings() -> None:
     result = cli("serve", "--failure-rate", "2")
     no_traceback(result)
     assert result.returncode == 2
-    assert "failure_rate must be a number in [0, 1]" in result.stderr
+    assert "argument --failure-rate: must be a number from 0 to 1" in result.stderr
 
 
 def test_an_error_of_the_service_is_one_line_and_status_1(

@@ -523,9 +523,15 @@ def test_batch_lines_with_local_images(server: Server, tmp_path: Path) -> None:
     assert again.returncode == 1, again.stderr
     assert server.stats()["requests"]["uploads"] == 2
     assert server.stats()["requests"]["images"] == 3
-    # An edited file is a new line.
+    # An edited file is a changed line: refused (the manifest holds a task id for the
+    # old file), unless asked for with --allow-changed.
     _write(jobs / "dog.jpg", JPEG + b"\x00")
-    third = cli("batch", str(source), "--out", str(out), *FAST[2:], env=server.env())
+    refused = cli("batch", str(source), "--out", str(out), *FAST[2:], env=server.env())
+    assert refused.returncode == 2, refused.stderr
+    assert "(line 2) differ" in refused.stderr
+    assert server.stats()["requests"]["uploads"] == 2
+    third = cli("batch", str(source), "--out", str(out), "--allow-changed", *FAST[2:],
+                env=server.env())
     assert third.returncode == 1, third.stderr
     assert "line changed" in third.stderr
     assert server.stats()["requests"]["uploads"] == 3

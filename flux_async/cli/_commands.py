@@ -24,7 +24,7 @@ from flux_async import (
     TaskStatus,
 )
 
-from ._args import UsageError
+from ._args import API_KEY_ENV, BASE_URL_ENV, UsageError, check_out_dir
 from ._connect import connect, service_name
 from ._gallery import GALLERY_NAME, render, write_page
 from ._ledger import MANIFEST_NAME, Record
@@ -37,11 +37,15 @@ __all__ = ["edit", "gallery", "generate", "serve", "task_get", "task_wait"]
 
 def generate(args: argparse.Namespace) -> int:
     request = GenerateRequest(args.prompt, model=args.model, size=args.size, count=args.count)
+    if not args.no_download:
+        check_out_dir(args.out)
     return asyncio.run(_one(args, request))
 
 
 def edit(args: argparse.Namespace) -> int:
     source = args.image if args.image is not None else args.image_url
+    if not args.no_download:
+        check_out_dir(args.out)
     if args.image_url is not None or source.startswith(("http://", "https://")):
         request = EditRequest(args.prompt, image_url=source, model=args.model, size=args.size)
         return asyncio.run(_one(args, request))
@@ -100,6 +104,8 @@ async def _one(
 
 
 def task_get(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_out_dir(args.out)
     return asyncio.run(_task_get(args))
 
 
@@ -140,6 +146,7 @@ async def _task_get(args: argparse.Namespace) -> int:
 
 
 def task_wait(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
     return asyncio.run(_task_wait(args))
 
 
@@ -201,7 +208,7 @@ def serve(args: argparse.Namespace) -> int:
     def ready(server: LocalFluxServer) -> None:
         warn(
             "point flux-async (or any client) at it with:\n"
-            f"  export FLUX_ASYNC_BASE_URL={server.url} ACEDATACLOUD_API_TOKEN={server.token}\n"
+            f"  export {BASE_URL_ENV}={server.url} {API_KEY_ENV}={server.token}\n"
             "Ctrl-C stops it."
         )
 
@@ -223,7 +230,7 @@ def gallery(args: argparse.Namespace) -> int:
         # a line torn by a killed run is skipped. A running batch is not disturbed.
         try:
             record = Record.from_json(json.loads(raw))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             continue
         if record is not None:
             records[record.line] = record

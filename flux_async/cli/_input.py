@@ -139,6 +139,8 @@ def _json_entry(number: int, raw: str, defaults: Defaults, base: Path) -> Entry:
         fields = json.loads(raw)
     except ValueError as exc:
         return Entry(number, error=f"invalid JSON ({exc})")
+    except RecursionError:  # a line of thousands of nested brackets
+        return Entry(number, error="invalid JSON (nested too deeply)")
     if not isinstance(fields, dict):
         return Entry(number, error="expected a JSON object with a 'prompt' field")
     unknown = sorted(set(fields) - set(FIELDS))
