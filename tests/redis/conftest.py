@@ -21,9 +21,9 @@ pytest.importorskip("redis", reason='needs redis-py: pip install "flux-async[red
 
 from flux_async.redis import RedisCoordinator  # noqa: E402
 
+from ._workers import TOKEN  # noqa: E402
+
 REDIS_SERVER = shutil.which("redis-server")
-# A token for the tests' coordinators; the namespace is derived from it.
-TOKEN = "test-token-for-redis"
 
 
 def _free_port() -> int:
