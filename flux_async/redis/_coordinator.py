@@ -245,8 +245,8 @@ class RedisCoordinator:
     async def close(self) -> None:
         """Stop the background work, give back this process's slots and drop its lease.
 
-        Tasks this process still follows stay recorded with a lease that is gone:
-        the next process that recovers adopts them.
+        Tasks this process still follows stay recorded under a lease that has lapsed:
+        the next process that recovers (or renews, with an ``adopter``) adopts them.
         """
         if self._closed:
             return
@@ -262,7 +262,11 @@ class RedisCoordinator:
                 if self._running:
                     if self._slots is not None:
                         await self._slots.release_all()
-                    await self.command("ZREM", self.key("procs"), self.process_id)
+                    if self._directory.following:
+                        # Lapsed at once: the next renewal anywhere adopts these tasks.
+                        await self.command("ZADD", self.key("procs"), 0, self.process_id)
+                    else:
+                        await self.command("ZREM", self.key("procs"), self.process_id)
         except CoordinationError as exc:
             log.warning("closing without Redis (%s): this process's leases lapse on their "
                         "own within %g s", exc, self.lease)

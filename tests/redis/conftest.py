@@ -12,18 +12,30 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 pytest.importorskip("redis", reason='needs redis-py: pip install "flux-async[redis]"')
 
-from flux_async.redis import RedisCoordinator  # noqa: E402
+from flux_async.redis import RedisCoordinator
 
-from ._workers import TOKEN  # noqa: E402
+from ._workers import TOKEN
 
 REDIS_SERVER = shutil.which("redis-server")
+
+
+async def until(condition: Callable[[], Awaitable[object]], *, within: float = 3.0) -> None:
+    """Wait until the async ``condition()`` is truthy (Redis's state, asked every 10 ms).
+
+    For state only Redis can tell (a release that landed, a record restored); the
+    wait ends as soon as it holds. Fails after ``within`` seconds.
+    """
+    with anyio.fail_after(within):
+        while not await condition():  # noqa: ASYNC110 - nothing to wait on but the state
+            await anyio.sleep(0.01)
 
 
 def _free_port() -> int:
@@ -57,7 +69,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        assert REDIS_SERVER is not None and self.process is None
+        assert REDIS_SERVER is not None
+        assert self.process is None
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.directory),

@@ -24,7 +24,7 @@ from flux_async.redis import RedisCoordinator
 
 from . import _workers
 from ._workers import TOKEN
-from .conftest import RedisServer
+from .conftest import RedisServer, until
 
 # Loop wake-ups and process scheduling on a loaded machine: a turn returns a little
 # after the instant Redis reserved for it.
@@ -187,9 +187,7 @@ async def test_recovery_adopts_each_orphan_exactly_once(
             owners = await live.command("HGET", live.key("owners"), "orphan-0")
             return str(owners.decode())
 
-        with anyio.fail_after(5):
-            while not await lapsed():  # noqa: ASYNC110 - the lease lapsing is the condition
-                await anyio.sleep(0.05)
+        await until(lapsed, within=5)
         go.set()  # both recover at once, three times each
         first = await anyio.to_thread.run_sync(results.get, True, 30)
         second = await anyio.to_thread.run_sync(results.get, True, 30)
