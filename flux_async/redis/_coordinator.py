@@ -14,7 +14,6 @@ Every Redis call is bounded by ``timeout`` and fails as ``CoordinationError``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import inspect
@@ -32,7 +31,6 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -41,6 +39,7 @@ from .._client import API_KEY_ENV
 from .._errors import ConfigurationError
 from .._limits import Backoff
 from .._settings import check_api_key
+from ._bus import Subscription
 from ._directory import Orphan, RedisDirectory
 from ._rates import Kind, RedisRateGate
 from ._scripts import RENEW
@@ -139,7 +138,11 @@ class RedisCoordinator:
         self._start_lock = anyio.Lock()
         self._running = False
         self._closed = False
-        self._pubsub: PubSub | None = None
+        self._subscription = Subscription(
+            redis, (self.bus_channel, self.own_channel), self._bounded,
+            self._deliver, self._resumed,
+        )
+        self._group: anyio.abc.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._chores_in: MemoryObjectSendStream[Callable[[], Awaitable[None]]] | None = None
 
@@ -220,11 +223,12 @@ class RedisCoordinator:
                 raise CoordinationError("the coordinator is closed")
             if self._running:
                 return
-            self._pubsub = await self._subscribe()
+            await self._subscription.open()
             try:
                 await self._renew()
             except BaseException:
-                await self._drop_pubsub()
+                with anyio.CancelScope(shield=True):
+                    await self._subscription.close()
                 raise
             send, receive_chores = anyio.create_memory_object_stream[
                 Callable[[], Awaitable[None]]
@@ -273,7 +277,7 @@ class RedisCoordinator:
         finally:
             self._running = False
             with anyio.CancelScope(shield=True):
-                await self._drop_pubsub()
+                await self._subscription.close()
                 if self._owns_redis:
                     await self._redis.aclose()
 
@@ -341,22 +345,6 @@ class RedisCoordinator:
 
     # -- background work -----------------------------------------------------------------
 
-    async def _subscribe(self) -> PubSub:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await self._bounded(lambda: pubsub.subscribe(self.bus_channel, self.own_channel))
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            raise
-        return pubsub
-
-    async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
     async def _renew(self) -> None:
         """One heartbeat: extend the leases; repair what Redis lost; adopt orphans."""
         held = sorted(self._slots.held) if self._slots is not None else []
@@ -379,8 +367,9 @@ class RedisCoordinator:
     async def _background(self, chores: MemoryObjectReceiveStream[Any]) -> None:
         try:
             async with anyio.create_task_group() as group:
+                self._group = group
                 group.start_soon(self._renew_loop)
-                group.start_soon(self._listen_loop, group)
+                group.start_soon(self._subscription.run)
                 group.start_soon(self._chore_loop, chores)
         except Exception:
             log.exception("the Redis coordinator's background work failed")
@@ -405,39 +394,10 @@ class RedisCoordinator:
                 except Exception:
                     log.exception("background Redis work failed")
 
-    async def _listen_loop(self, group: anyio.abc.TaskGroup) -> None:
-        pause = 0.05
-        while True:
-            pubsub = self._pubsub
-            try:
-                if pubsub is None:
-                    self._pubsub = await self._subscribe()
-                    # Messages may have been missed while deaf: waiters look again.
-                    if self._slots is not None:
-                        self._slots.wake()
-                    pause = 0.05
-                    continue
-                message = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=1.0)
-            except (CoordinationError, RedisError, OSError) as exc:
-                log.warning("the Redis subscription broke (%s): resubscribing", exc)
-                await self._drop_pubsub()
-                await anyio.sleep(pause)
-                pause = min(2.0, pause * 2)
-                continue
-            if message is not None:
-                self._dispatch(message, group)
-
-    def _dispatch(self, message: dict[str, Any], group: anyio.abc.TaskGroup) -> None:
-        channel, data = message.get("channel"), message.get("data")
-        if isinstance(channel, bytes):
-            channel = channel.decode()
-        if isinstance(data, bytes):
-            data = data.decode(errors="replace")
-        if not isinstance(data, str):
-            return
+    def _deliver(self, channel: str, data: str) -> None:
+        """A message from the subscription: wake waiters, or answer a routed callback."""
         if channel == self.bus_channel:
-            word, *rest = data.split()
+            word, *rest = data.split() or [""]
             if word == "freed" and self._slots is not None:
                 self._slots.wake()
             elif word == "penalty" and len(rest) == 2 and rest[1].isdigit():
@@ -449,17 +409,20 @@ class RedisCoordinator:
                 parsed = json.loads(data)
             except ValueError:
                 return
-            if isinstance(parsed, dict):
-                work = self._directory.on_message(parsed)
-                if work is not None:
-                    group.start_soon(self._guarded, work)
+            work = self._directory.on_message(parsed) if isinstance(parsed, dict) else None
+            if work is not None and self._group is not None:
+                self._group.start_soon(self._guarded, work)
+
+    def _resumed(self) -> None:
+        """The subscription is back: "freed" messages may have been missed."""
+        if self._slots is not None:
+            self._slots.wake()
 
     async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
         try:
             await work()
         except CoordinationError as exc:
             log.warning("answering a routed callback failed: %s", exc)
-
 
 
 if TYPE_CHECKING:
