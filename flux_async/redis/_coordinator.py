@@ -67,6 +67,12 @@ def namespace_for(api_key: str) -> str:
     return digest[:24]
 
 
+def _process_id() -> str:
+    """Names this process in Redis: host, pid and a random part (pids are reused)."""
+    host = socket.gethostname().split(".")[0][:40]
+    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 def _check_namespace(value: object) -> str:
     if (not isinstance(value, str) or not value or len(value) > 100
             or not value.isprintable() or any(c in value for c in " {}")):
@@ -127,8 +133,7 @@ class RedisCoordinator:
         self.adopter = adopter
         self._redis = redis
         self._owns_redis = False
-        host = socket.gethostname().split(".")[0][:40]
-        self.process_id = f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.process_id, self._pid = _process_id(), os.getpid()
         self._prefix = f"flux:{{{self.namespace}}}:"
         self._slot_numbers = itertools.count(1)
         self._scripts: dict[str, Any] = {}
@@ -138,10 +143,7 @@ class RedisCoordinator:
         self._start_lock = anyio.Lock()
         self._running = False
         self._closed = False
-        self._subscription = Subscription(
-            redis, (self.bus_channel, self.own_channel), self._bounded,
-            self._deliver, self._resumed,
-        )
+        self._subscription: Subscription | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._chores_in: MemoryObjectSendStream[Callable[[], Awaitable[None]]] | None = None
@@ -223,13 +225,21 @@ class RedisCoordinator:
                 raise CoordinationError("the coordinator is closed")
             if self._running:
                 return
-            await self._subscription.open()
+            if self._pid != os.getpid():
+                # Built before a fork (gunicorn --preload): each worker is its own process.
+                self.process_id, self._pid = _process_id(), os.getpid()
+            subscription = Subscription(
+                self._redis, (self.bus_channel, self.own_channel), self._bounded,
+                self._deliver, self._resumed,
+            )
+            await subscription.open()
             try:
                 await self._renew()
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await self._subscription.close()
+                    await subscription.close()
                 raise
+            self._subscription = subscription
             send, receive_chores = anyio.create_memory_object_stream[
                 Callable[[], Awaitable[None]]
             ](math.inf)
@@ -277,7 +287,8 @@ class RedisCoordinator:
         finally:
             self._running = False
             with anyio.CancelScope(shield=True):
-                await self._subscription.close()
+                if self._subscription is not None:
+                    await self._subscription.close()
                 if self._owns_redis:
                     await self._redis.aclose()
 
@@ -369,6 +380,7 @@ class RedisCoordinator:
             async with anyio.create_task_group() as group:
                 self._group = group
                 group.start_soon(self._renew_loop)
+                assert self._subscription is not None
                 group.start_soon(self._subscription.run)
                 group.start_soon(self._chore_loop, chores)
         except Exception:

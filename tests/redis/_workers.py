@@ -138,3 +138,15 @@ def recover_orphans(url: str, go: Any, stop: Any, results: Any) -> None:
             await anyio.to_thread.run_sync(stop.wait)
 
     anyio.run(main)
+
+
+def start_forked(coordinator: RedisCoordinator, results: Any) -> None:
+    """Start a coordinator built before the fork (as under gunicorn --preload)."""
+
+    async def main() -> None:
+        async with coordinator:
+            slots = coordinator.slots(2)
+            await slots.take()
+            results.put((coordinator.process_id, sorted(slots.held)))
+
+    anyio.run(main)

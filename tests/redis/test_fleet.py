@@ -227,3 +227,20 @@ async def test_a_callback_reaches_the_process_that_follows_its_task(
         print(f"\nrouted callback, p50 {p50:.1f} ms, max {max(latencies) * 1000:.1f} ms")
     stop.set()
     fleet.join()
+
+
+def test_a_coordinator_built_before_a_fork_names_each_worker_apart(redis_url: str) -> None:
+    built = RedisCoordinator.from_url(redis_url, api_key=TOKEN, lease=1.0)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    workers = [ctx.Process(target=_workers.start_forked, args=(built, results))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        (one, one_slots), (two, two_slots) = results.get(timeout=30), results.get(timeout=30)
+    finally:
+        for worker in workers:
+            worker.join(10)
+    assert len({one, two, built.process_id}) == 3
+    assert one_slots != two_slots
