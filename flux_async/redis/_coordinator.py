@@ -32,6 +32,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -141,6 +142,7 @@ class RedisCoordinator:
         self._gates: dict[str, RedisRateGate] = {}
         self._directory = RedisDirectory(self)
         self._start_lock = anyio.Lock()
+        self._renewing = anyio.Lock()
         self._running = False
         self._closed = False
         self._subscription: Subscription | None = None
@@ -166,8 +168,8 @@ class RedisCoordinator:
             url,
             socket_connect_timeout=wait,
             socket_timeout=wait,
-            # One immediate retry: a pooled connection that died with a restarted
-            # Redis is replaced; anything longer is the caller's timeout to spend.
+            # redis-py's default retries with backoff for seconds; here a failure
+            # is reported at once (the caller's timeout bounds the whole call).
             retry=Retry(NoBackoff(), 1),
         )
         # Nothing is connected until first use: a refused argument leaves nothing open.
@@ -306,6 +308,16 @@ class RedisCoordinator:
         return max(1, round(self.lease * 1000))
 
     @property
+    def hold_ms(self) -> int:
+        """After Redis lost its data: no slot is taken until every process renewed."""
+        return max(1, round(self.lease * 1000 / 3 * 1.2))
+
+    async def renew(self) -> None:
+        """Renew now (a slot waiter found this process's lease gone)."""
+        async with self._renewing:
+            await self._renew()
+
+    @property
     def bus_channel(self) -> str:
         """Every process of the namespace listens here (slots freed, 429s counted)."""
         return self.key("bus")
@@ -337,7 +349,13 @@ class RedisCoordinator:
     async def _bounded(self, run: Callable[[], Awaitable[Any]]) -> Any:
         try:
             with anyio.fail_after(self.timeout):
-                return await run()
+                try:
+                    return await run()
+                except RedisConnectionError:
+                    # A pooled connection that died with a restarted Redis fails on
+                    # its first use (redis-py does not retry taking it from the pool).
+                    # Every script here is safe to run twice: one more try.
+                    return await run()
         except TimeoutError as exc:
             raise CoordinationError(
                 f"Redis did not answer within {self.timeout:g} s") from exc
@@ -360,8 +378,8 @@ class RedisCoordinator:
         """One heartbeat: extend the leases; repair what Redis lost; adopt orphans."""
         held = sorted(self._slots.held) if self._slots is not None else []
         known, lapsed = await self.call(
-            RENEW, [self.key("procs"), self.key("slots")],
-            [self.process_id, self.lease_ms, *held],
+            RENEW, [self.key("procs"), self.key("slots"), self.key("hold")],
+            [self.process_id, self.lease_ms, int(self._running), self.hold_ms, *held],
         )
         lost = not int(known)
         if lost and self._running:
@@ -390,7 +408,7 @@ class RedisCoordinator:
         while True:
             await anyio.sleep(self.lease / 3)
             try:
-                await self._renew()
+                await self.renew()
             except CoordinationError as exc:
                 log.warning("could not renew this process's lease: %s", exc)
             except Exception:

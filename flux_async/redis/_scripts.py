@@ -19,6 +19,7 @@ Redis is what is supported):
 - ``owners``    hash  task id -> the process that follows it
 - ``requests``  hash  task id -> the submitted request (JSON), when known
 - ``rate:<kind>`` hash  the GCRA state of one kind of request (see RATE_ACQUIRE)
+- ``hold``      string  present (with an expiry) while the fleet re-adds what Redis lost
 """
 
 from __future__ import annotations
@@ -44,11 +45,23 @@ end
 """
 
 # Take one slot if fewer than `capacity` live leases exist.
-# KEYS: slots.  ARGV: slot id, capacity, lease (ms).
+# KEYS: slots, procs, hold.  ARGV: slot id, capacity, lease (ms), process id, hold (ms).
 # Returns {1, 0} when taken, else {0, ms until the earliest lease expires}: a waiter
 # sleeps at most that long, so a dead process's slot is noticed as soon as it lapses.
+# {-1, 0}: this process's own lease is gone, so Redis lost its data (or gave up on
+# this process): the caller renews at once (re-adding its slots) and asks again.
+# Until every process has renewed, the slots Redis lost look free: for `hold` ms
+# after a loss is first seen nobody takes one (renewals come every lease / 3).
 SLOT_TAKE = _NOW_MS + """
 local now = now_ms()
+if not redis.call('ZSCORE', KEYS[2], ARGV[4]) then
+  redis.call('SET', KEYS[3], now, 'PX', ARGV[5], 'NX')
+  return {-1, 0}
+end
+local hold = redis.call('PTTL', KEYS[3])
+if hold > 0 then
+  return {0, hold}
+end
 -- Leases that were not renewed belong to dead processes: their slots are free.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
@@ -71,21 +84,26 @@ return removed
 """
 
 # One process's heartbeat: extend its lease and every slot it holds, in one trip.
-# KEYS: procs, slots.  ARGV: process id, lease (ms), slot ids...
+# KEYS: procs, slots, hold.  ARGV: process id, lease (ms), running (1/0), hold (ms),
+# slot ids...
 # Returns {known, lapsed}: known = 0 when this process's lease was missing or had
 # lapsed (Redis lost its data, or this process stalled longer than a lease and was
 # given up on); the slots are then re-added whatever the count, because they are
-# really in use, and the caller re-writes its directory records. lapsed = how many
-# other processes' leases have lapsed (their tasks are orphans to recover).
+# really in use, and the caller re-writes its directory records. A process already
+# running that finds its lease gone starts the hold (see SLOT_TAKE). lapsed = how
+# many other processes' leases have lapsed (their tasks are orphans to recover).
 RENEW = _NOW_MS + """
 local now = now_ms()
 local expiry = now + tonumber(ARGV[2])
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local known = score and tonumber(score) > now
+if not score and ARGV[3] == '1' then
+  redis.call('SET', KEYS[3], now, 'PX', ARGV[4], 'NX')
+end
 redis.call('ZADD', KEYS[1], expiry, ARGV[1])
-if #ARGV > 2 then
+if #ARGV > 4 then
   local args = {}
-  for i = 3, #ARGV do
+  for i = 5, #ARGV do
     args[#args + 1] = expiry
     args[#args + 1] = ARGV[i]
   end

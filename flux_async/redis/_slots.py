@@ -12,6 +12,12 @@ waiting process, not one per waiting task. It asks again when a slot is given ba
 anywhere in the fleet (the release script publishes ``freed``), when the earliest
 lease lapses (the take script says when), or after ``MAX_WAIT`` in case a message
 was lost while the subscription reconnected.
+
+After Redis lost its data (a restart without persistence), the slots other
+processes hold look free until each of them renews. So the first process to notice
+the loss (its own lease is gone) starts a hold of ``lease / 3`` (plus a margin)
+during which nobody takes a slot; every process renews within that time and puts
+its slots back. A lost Redis costs the fleet a pause, never a breach.
 """
 
 from __future__ import annotations
@@ -97,16 +103,21 @@ class RedisSlots:
                     member = coord.new_slot_id()
                     try:
                         taken, wait_ms = await coord.call(
-                            SLOT_TAKE, [coord.key("slots")],
-                            [member, self.capacity, coord.lease_ms],
+                            SLOT_TAKE,
+                            [coord.key("slots"), coord.key("procs"), coord.key("hold")],
+                            [member, self.capacity, coord.lease_ms, coord.process_id,
+                             coord.hold_ms],
                         )
                     except BaseException:
                         # The script may have run before the answer was lost.
                         self._release(member)
                         raise
-                    if int(taken):
+                    if int(taken) == 1:
                         self._held.add(member)
                         return
+                    if int(taken) == -1:
+                        await coord.renew()  # Redis lost this process's lease: re-add
+                        continue
                     with anyio.move_on_after(min(int(wait_ms) / 1000, self.MAX_WAIT)):
                         await freed.wait()
         finally:

@@ -312,3 +312,25 @@ async def test_a_slot_given_back_wakes_another_process_at_once(
               f"max {max(latencies) * 1000:.1f} ms")
         # Woken by the "freed" message, not by the once-a-second look.
         assert p50 < waiter.MAX_WAIT / 2
+
+
+async def test_after_redis_lost_its_data_no_process_takes_a_slot_held_elsewhere(
+    redis_server: RedisServer, coordinator: RedisCoordinator
+) -> None:
+    holder = coordinator.slots(2)
+    await holder.take()
+    await holder.take()
+    other = RedisCoordinator.from_url(redis_server.url, api_key=TOKEN, lease=1.0)
+    async with other:
+        waiter = other.slots(2)
+        redis_server.restart_empty()
+        # Redis now says no slot is taken, but the holder still has two: the waiter
+        # must not get one before the holder re-adds them (within lease / 3).
+        with anyio.move_on_after(coordinator.lease * 1.2):
+            await waiter.take()
+        assert waiter.in_use == 0
+        assert await coordinator.command("ZCARD", coordinator.key("slots")) == 2
+        holder.give_back()
+        with anyio.fail_after(2):
+            await waiter.take()
+        assert waiter.in_use == 1
