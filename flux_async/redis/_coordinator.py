@@ -14,16 +14,12 @@ Every Redis call is bounded by ``timeout`` and fails as ``CoordinationError``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import inspect
 import itertools
 import json
 import logging
 import math
 import os
-import secrets
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +38,7 @@ from .._limits import Backoff
 from .._settings import check_api_key
 from ._bus import Subscription
 from ._directory import Orphan, RedisDirectory
+from ._names import check_namespace, check_seconds, namespace_for, new_process_id
 from ._rates import Kind, RedisRateGate
 from ._scripts import RENEW
 from ._seams import CoordinationError
@@ -57,40 +54,6 @@ log = logging.getLogger("flux_async.redis")
 
 #: Takes the tasks adopted from dead processes, to follow them; may be async.
 Adopter = Callable[[list[Orphan]], Awaitable[None] | None]
-
-# HMAC's message: the namespace is a keyed hash of this label under the token.
-_NAMESPACE_LABEL = b"flux_async coordination namespace v1"
-
-
-def namespace_for(api_key: str) -> str:
-    """The namespace of a token: 24 hex digits that reveal nothing about it."""
-    digest = hmac.new(api_key.encode(), _NAMESPACE_LABEL, hashlib.sha256).hexdigest()
-    return digest[:24]
-
-
-def _process_id() -> str:
-    """Names this process in Redis: host, pid and a random part (pids are reused)."""
-    host = socket.gethostname().split(".")[0][:40]
-    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def _check_namespace(value: object) -> str:
-    if (not isinstance(value, str) or not value or len(value) > 100
-            or not value.isprintable() or any(c in value for c in " {}")):
-        raise ConfigurationError(
-            "must be a non-empty printable string without spaces or braces",
-            field="namespace",
-        )
-    return value
-
-
-def _check_seconds(field: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        value > 0 and math.isfinite(value)
-    ):
-        raise ConfigurationError("must be a positive number of seconds", field=field)
-    return float(value)
-
 
 class RedisCoordinator:
     """Shares one token's limits across every process using the same Redis.
@@ -127,14 +90,14 @@ class RedisCoordinator:
             source = "api_key" if api_key is not None else f"${API_KEY_ENV}"
             key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
             namespace = namespace_for(check_api_key(key, source=source))
-        self.namespace = _check_namespace(namespace)
-        self.lease = _check_seconds("lease", lease)
-        self.timeout = _check_seconds("timeout", timeout)
-        self.route_timeout = _check_seconds("route_timeout", route_timeout)
+        self.namespace = check_namespace(namespace)
+        self.lease = check_seconds("lease", lease)
+        self.timeout = check_seconds("timeout", timeout)
+        self.route_timeout = check_seconds("route_timeout", route_timeout)
         self.adopter = adopter
         self._redis = redis
         self._owns_redis = False
-        self.process_id, self._pid = _process_id(), os.getpid()
+        self.process_id, self._pid = new_process_id(), os.getpid()
         self._prefix = f"flux:{{{self.namespace}}}:"
         self._slot_numbers = itertools.count(1)
         self._scripts: dict[str, Any] = {}
@@ -163,7 +126,7 @@ class RedisCoordinator:
         adopter: Adopter | None = None,
     ) -> RedisCoordinator:
         """A coordinator over its own connection pool to ``url`` (``redis://host:port/db``)."""
-        wait = _check_seconds("timeout", timeout)
+        wait = check_seconds("timeout", timeout)
         redis = Redis.from_url(
             url,
             socket_connect_timeout=wait,
@@ -229,7 +192,7 @@ class RedisCoordinator:
                 return
             if self._pid != os.getpid():
                 # Built before a fork (gunicorn --preload): each worker is its own process.
-                self.process_id, self._pid = _process_id(), os.getpid()
+                self.process_id, self._pid = new_process_id(), os.getpid()
             subscription = Subscription(
                 self._redis, (self.bus_channel, self.own_channel), self._bounded,
                 self._deliver, self._resumed,
