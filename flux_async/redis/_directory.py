@@ -145,8 +145,9 @@ class RedisDirectory:
                 DIR_RESTORE, [coord.key("owners"), coord.key("requests")],
                 [coord.process_id, *pairs],
             )
-            log.warning("Redis had lost %d of this process's task records: restored",
-                        int(restored))
+            if int(restored):
+                log.warning("Redis had lost %d of this process's task records: restored",
+                            int(restored))
 
     async def recover(self) -> list[Orphan]:
         """Adopt every task whose owner's lease lapsed (each goes to one process only)."""
