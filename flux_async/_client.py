@@ -6,9 +6,10 @@ generation slots. A slot is taken before a submission and given back when the
 task resolves, fails to submit, or stops being followed, so no more than
 ``max_concurrency`` generations are ever in flight through one client.
 
-Background work (the poller's rounds, ``map`` runs) lives in one anyio task
-group hosted by a supervisor task the client starts on first use; ``aclose()``
-cancels it and waits for it, so nothing outlives the client. Hosting the group
+Background work (the poller's rounds, ``map`` runs, paid POSTs on the wire)
+lives in one anyio task group hosted by a supervisor task the client starts on
+first use; ``aclose()`` lets paid POSTs answer, then cancels the group and
+waits for it, so nothing outlives the client. Hosting the group
 in its own task lets a web app open the client in one task and close it in
 another, as aiohttp's ``cleanup_ctx`` may.
 """
@@ -67,7 +68,7 @@ from ._models import (
     TaskStatus,
     check_http_url,
 )
-from ._poller import Entry, Poller
+from ._poller import DEFAULT_NOT_FOUND_GRACE, Entry, Poller
 from ._protocol import (
     DEFAULT_BASE_URL,
     TASKS_PATH,
@@ -79,7 +80,7 @@ from ._protocol import (
     retrieve_batch_body,
     retrieve_body,
 )
-from ._submission import Submitter
+from ._submission import Handover, Submitter
 from ._transport import Transport
 
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "FluxClient"]
@@ -160,6 +161,7 @@ class FluxClient:
         callback_poll_interval: float = 30.0,
         callback_secret: str | None = None,
         session: aiohttp.ClientSession | None = None,
+        not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not api_key:
@@ -204,7 +206,7 @@ class FluxClient:
             raise ConfigurationError("submit_burst must be at least 1")
         self.submit_limiter = RateLimiter(submit_rate, burst=submit_burst, backoff=self._backoff)
         self._submitter = Submitter(
-            self._post, self.submit_limiter, self._backoff,
+            self._post, self.submit_limiter, self._backoff, spawn=self._spawn,
             max_retries=max_retries, resend_uncertain=resend_uncertain,
         )
         # Queries are free: a poll round's chunks may go out together, up to a
@@ -221,6 +223,7 @@ class FluxClient:
             # Every slot taken: a finished task noticed sooner is a slot freed sooner.
             is_busy=lambda: self._slots.value == 0,
             chunk_size=batch_size,
+            not_found_grace=not_found_grace,
         )
         self._group: anyio.abc.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -286,12 +289,29 @@ class FluxClient:
         self._group.start_soon(fn)
 
     async def aclose(self) -> None:
-        """Stop background work, fail pending waits (``ClientClosedError``), close the session."""
+        """Stop background work, fail pending waits, close the session.
+
+        Paid submissions already on the wire are let finish first (each bounded by
+        the request timeout), so none is cut with its task id unknown. Waits end
+        with ``TaskClosedError`` (a ``ClientClosedError`` naming the task); the ids
+        of submitted tasks still running are logged (WARNING).
+        """
         if self._closed:
             return
         self._closed = True
-        self._poller.close(ClientClosedError("the FluxClient was closed while waiting"))
+        self._submitter.closing = True
         with anyio.CancelScope(shield=True):
+            if self._submitter.on_wire:
+                with anyio.move_on_after((self._request_timeout.total or 60.0) + 5.0):
+                    await self._submitter.drained()
+            closed = ClientClosedError("the FluxClient was closed while waiting")
+            running = self._poller.close(closed)
+            if running:
+                log.warning(
+                    "FluxClient closed with %d submitted task(s) still running; they may "
+                    "still finish and be billed, wait on them with another client: %s",
+                    len(running), ", ".join(running),
+                )
             if self._stopping is not None:
                 self._stopping.set()
             if self._supervisor is not None:
@@ -341,30 +361,73 @@ class FluxClient:
         nonce = None
         if callback_url is not None:
             nonce, callback_url = self._callbacks.issue(callback_url)
-        try:
-            submission = await self._submitter.submit(
-                request, callback_url, deadline=deadline, timeout=timeout
-            )
-        except BaseException:
+        callbacks = callback_url is not None
+
+        def adopt(submission: Submission) -> None:
+            self._adopt(submission, request, nonce, callbacks, on_submitted)
+
+        def drop() -> None:
             self._slots.release()
             self._callbacks.settle(nonce)
+
+        handover = Handover(adopt, drop)
+        try:
+            submission = await self._submitter.submit(
+                request, callback_url, deadline=deadline, timeout=timeout, handover=handover
+            )
+        except BaseException:
+            if not handover.left:  # else the slot and the nonce went with the handover
+                drop()
             raise
-        # A very fast task's callback may have come before this answer: it was held.
-        early = self._callbacks.settle(nonce)
+        # From here to the return nothing awaits: no cancellation can come between
+        # the answer and the entry that follows its task.
+        entry = self._track(submission, request, nonce, callbacks, background=background)
         if on_submitted is not None:
             on_submitted(submission.task_id)
+        return submission, entry
+
+    def _track(
+        self, submission: Submission, request: ImageRequest, nonce: str | None,
+        callbacks: bool, *, background: bool,
+    ) -> Entry | None:
+        """Hand the submission's slot to an entry following its task (None: done already)."""
+        # A very fast task's callback may have come before this answer: it was held.
+        early = self._callbacks.settle(nonce)
         if submission.result is not None:
             self._slots.release()
-            return submission, None
+            self._poller.resolve(_task_of(submission))
+            return None
         entry = self._poller.entry(submission.task_id)
         entry.release = self._slots.release
         entry.background = background
         entry.request, entry.callback_nonce = request, nonce
-        if callback_url is not None:
+        if callbacks:
             entry.recheck = self.callback_poll_interval
             entry.not_before = anyio.current_time() + self.callback_poll_interval
         adopt_early(self._poller, entry, early)
-        return submission, entry
+        return entry
+
+    def _adopt(
+        self, submission: Submission, request: ImageRequest, nonce: str | None,
+        callbacks: bool, on_submitted: Callable[[str], None] | None,
+    ) -> None:
+        """A submission answered after its caller had left: follow its task anyway."""
+        task_id = submission.task_id
+        if self._poller.closed:
+            self._slots.release()
+            self._callbacks.settle(nonce)
+            log.warning("task %s was created as the client closed; nobody follows it: "
+                        "wait on it with another client", task_id)
+        else:
+            self._track(submission, request, nonce, callbacks, background=True)
+            log.warning("the caller left while its submission was on the wire; task %s was "
+                        "created and is followed in the background: await client.wait(%r)",
+                        task_id, task_id)
+        if on_submitted is not None:
+            try:
+                on_submitted(task_id)
+            except Exception:
+                log.exception("the submission hook failed for task %s", task_id)
 
     async def _await(self, entry: Entry, deadline: float | None, timeout: float | None) -> Task:
         entry.waiters += 1
@@ -451,10 +514,7 @@ class FluxClient:
             request, deadline=None, timeout=None,
             callback_url=callback_url or self.callback_url, background=True,
         )
-        if submission.result is not None:
-            return Task(submission.task_id, TaskStatus.SUCCEEDED, trace_id=submission.trace_id,
-                        result=submission.result, raw=submission.result.raw)
-        return Task(submission.task_id, TaskStatus.PENDING, trace_id=submission.trace_id)
+        return _task_of(submission)
 
     async def wait(self, task: Task | str, *, timeout: float | None = DEFAULT) -> ImageResult:
         """Wait for a task (or task id) to resolve, polling it with every other pending one.
@@ -587,7 +647,11 @@ class FluxClient:
         One failure never stops the rest: it is that request's ``Outcome.error``.
         ``ordered=True`` yields in input order. ``on_event`` is called at each
         submission and resolution with a ``MapEvent`` carrying the counts so far.
-        Leaving the loop early cancels what is still running.
+        Leaving the loop early cancels what is still running (a submission on the
+        wire is let answer, and its task followed in the background: logged). If
+        the input or a hook raises, or the client closes, that error is raised here
+        itself (not in an ``ExceptionGroup``) once the outcomes already delivered
+        have been yielded.
         """
         await self._start()
         size = self.max_concurrency
@@ -596,6 +660,7 @@ class FluxClient:
         # start as it is spawned, instead of thousands queueing at the connector.
         window = anyio.Semaphore(size)
         failure: list[BaseException] = []
+        completed: list[bool] = []
         finished = anyio.Event()
         scope = anyio.CancelScope()
 
@@ -611,7 +676,8 @@ class FluxClient:
                                                ordered=ordered, on_event=on_event)
                     if hook_error is not None:
                         failure.append(hook_error)
-                except Exception as exc:  # the input or a hook raised: re-raised to the consumer
+                    completed.append(True)
+                except Exception as exc:  # a bug: re-raised to the consumer
                     failure.append(exc)
                 finally:
                     send.close()
@@ -629,6 +695,8 @@ class FluxClient:
                 await finished.wait()
         if failure:
             raise failure[0]
+        if not completed and self._closed:
+            raise ClientClosedError("the FluxClient was closed during map")
 
     async def _follow(
         self,
@@ -689,6 +757,13 @@ class FluxClient:
             timer = asyncio.get_running_loop().call_at(deadline, stop, True)
         return stop
 
+
+
+def _task_of(submission: Submission) -> Task:
+    if submission.result is not None:
+        return Task(submission.task_id, TaskStatus.SUCCEEDED, trace_id=submission.trace_id,
+                    result=submission.result, raw=submission.result.raw)
+    return Task(submission.task_id, TaskStatus.PENDING, trace_id=submission.trace_id)
 
 
 def _result_of(task: Task) -> ImageResult:

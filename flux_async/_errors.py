@@ -274,6 +274,57 @@ class TaskTimeoutError(TaskError, TimeoutError):
         self.timeout = timeout
 
 
+
+class _TaskBound(TaskError):
+    """Another error, as it ended the wait for one task: one instance per task.
+
+    It is also an instance of the original error's class (``except NotFoundError``
+    still catches it) and copies its fields (``status``, ``code``, ``trace_id``...),
+    adding ``task_id``. The shared original is on ``__cause__``.
+    """
+
+    def __init__(self, task_id: str, error: FluxError) -> None:
+        Exception.__init__(self, *error.args)
+        vars(self).update(vars(error))
+        self.task_id = task_id
+        self.__cause__ = error
+
+    def __str__(self) -> str:
+        return f"task {self.task_id}: {super().__str__()}"
+
+
+class TaskNotFoundError(_TaskBound, NotFoundError):
+    """The service still did not know a task once the not-found grace had passed.
+
+    A task id the service gave is never declared lost sooner: new tasks may take
+    a while to appear on ``/flux/tasks`` (``FluxClient(not_found_grace=...)``).
+    """
+
+
+class TaskAuthenticationError(_TaskBound, AuthenticationError):
+    """The token was refused while following a task; the task may still finish."""
+
+
+class TaskInsufficientBalanceError(_TaskBound, InsufficientBalanceError):
+    """``used_up`` answered while following a task; the task may still finish."""
+
+
+class TaskClosedError(_TaskBound, ClientClosedError):
+    """The client closed while waiting for a task; it may still finish: ``wait`` on it."""
+
+
+class TaskProtocolError(_TaskBound, ProtocolError):
+    """The service's object for this task could not be read."""
+
+
+__all__ += [
+    "TaskAuthenticationError",
+    "TaskClosedError",
+    "TaskInsufficientBalanceError",
+    "TaskNotFoundError",
+    "TaskProtocolError",
+]
+
 # The code decides first: token codes mean "authentication" whatever status carries
 # them (the vendor answers no_token and token_mismatched with 400), and an error
 # body inside a 200 still names its kind. The status decides for unknown codes.

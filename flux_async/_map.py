@@ -23,6 +23,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Literal
 
 import anyio
+import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -110,6 +111,7 @@ class _Run:
         self._ready: dict[int, Outcome] = {}  # ordered: finished ahead of their turn
         self._on_event = on_event
         self._stop: dict[int, Callable[[], None]] = {}  # followed, not yet delivered
+        self._group: anyio.abc.TaskGroup | None = None
         self.failure: BaseException | None = None
         self.progress = MapProgress()
 
@@ -139,8 +141,7 @@ class _Run:
             self._emit("succeeded" if outcome.ok else "failed", index, request,
                        outcome.task_id, outcome)
         except Exception as exc:  # the user's hook: stop the run, re-raise to the consumer
-            self.failure = self.failure or exc
-            self._send.close()
+            self._fail(exc)
             return
         if not self._ordered:
             self._push(outcome)
@@ -149,6 +150,13 @@ class _Run:
         while self._next in self._ready:
             self._push(self._ready.pop(self._next))
             self._next += 1
+
+    def _fail(self, exc: Exception) -> None:
+        """The input or a hook raised: stop the run; the consumer gets ``exc`` itself."""
+        self.failure = self.failure or exc
+        self._send.close()
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
 
     def _push(self, outcome: Outcome) -> None:
         # Never full: the buffer holds `window` and at most `window` are outstanding.
@@ -161,7 +169,10 @@ class _Run:
 
         def on_submitted(task_id: str) -> None:
             submitted.append(task_id)
-            self._emit("submitted", index, request, task_id, None)
+            try:
+                self._emit("submitted", index, request, task_id, None)
+            except Exception as exc:  # the user's hook: the task is followed all the same
+                self._fail(exc)
 
         def deliver(result: ImageResult | None, error: FluxError | None) -> None:
             self._deliver(index, request, next(iter(submitted), None), result, error)
@@ -181,11 +192,18 @@ class _Run:
     async def run(self, requests: Requests) -> None:
         try:
             async with anyio.create_task_group() as group:
+                self._group = group
                 index = 0
-                async for request in _each(requests):
-                    await self._window.acquire()  # given back as the consumer takes one
-                    group.start_soon(self._one, index, request)
-                    index += 1
+                try:
+                    async for request in _each(requests):
+                        await self._window.acquire()  # given back as the consumer takes one
+                        group.start_soon(self._one, index, request)
+                        index += 1
+                except Exception as exc:  # the input raised: not wrapped in a group
+                    self._fail(exc)
+            self._group = None
+            if self.failure is not None:
+                return
             # All submitted: wait until every outcome has been taken by the consumer.
             for _ in range(self._size):
                 await self._window.acquire()

@@ -5,9 +5,19 @@ pending tasks cost about N/chunk_size requests a round, not N. A task resolves
 in the round that first reports it finished. A failed round (5xx, reset,
 timeout, garbled body, 429) changes nothing: the next round asks again. If the
 service refuses ``retrieve_batch`` the poller falls back to ``retrieve`` per id
-for the rest of the client's life. Ids missing from several answers in a row are
-asked for one by one, so an id the service does not know fails with
-``NotFoundError`` instead of waiting for its deadline.
+for the rest of the client's life.
+
+Not found is decided in time, not in rounds. A task the service created a
+moment ago may not be visible on ``/flux/tasks`` yet, and a round comes every
+0.2 s when busy: counting rounds would declare paid tasks lost. So for
+``not_found_grace`` seconds after an id became known (the submission's answer,
+or the start of ``wait(id)``) a missing id or a 404 only means "not yet": it
+keeps costing its share of the batch queries, nothing more. After the grace, an
+id missing from several answers in a row is asked for alone, and a 404 then
+ends its wait with ``TaskNotFoundError``.
+
+Every error that ends a wait carries its task id: an error that ends several
+(a refused token) is bound to each task separately (``_errors._TaskBound``).
 
 The poller runs only while something is followed, and stops with the client.
 What an answer *means* is decided in ``_protocol``/``_state``; this module only
@@ -28,11 +38,19 @@ import anyio.lowlevel
 from ._errors import (
     APIError,
     AuthenticationError,
+    ClientClosedError,
     FluxError,
     InsufficientBalanceError,
     NotFoundError,
+    ProtocolError,
     RateLimitError,
     ServerError,
+    TaskAuthenticationError,
+    TaskClosedError,
+    TaskError,
+    TaskInsufficientBalanceError,
+    TaskNotFoundError,
+    TaskProtocolError,
     TransportError,
 )
 from ._limits import RateLimiter
@@ -40,7 +58,7 @@ from ._models import ImageRequest, Task, TaskStatus
 from ._protocol import read_task, task_id_of
 from ._state import classify
 
-__all__ = ["Done", "Entry", "Poller"]
+__all__ = ["DEFAULT_NOT_FOUND_GRACE", "Done", "Entry", "Poller", "for_task"]
 
 log = logging.getLogger("flux_async")
 
@@ -48,8 +66,12 @@ FetchBatch = Callable[[Sequence[str]], Awaitable[list[Mapping[str, Any]]]]
 FetchOne = Callable[[str], Awaitable[Mapping[str, Any]]]
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
-# After this many answers in a row without an id, ask for that id alone.
+# After the grace, this many answers in a row without an id: ask for that id alone.
 MISSING_ROUNDS = 3
+# Seconds a known task id may stay unknown to /flux/tasks before it is declared lost.
+# Generous: the cost of waiting is a few free batch slots; the cost of giving up
+# is a paid task nobody collects (and often a second one paid to replace it).
+DEFAULT_NOT_FOUND_GRACE = 300.0
 # Finished tasks remembered, so ``wait()`` after ``submit()`` needs no query.
 RECENT_RESULTS = 1024
 
@@ -112,6 +134,7 @@ class Entry:
     __slots__ = (
         "background",
         "callback_nonce",
+        "confirming",
         "done",
         "error",
         "missing",
@@ -120,13 +143,16 @@ class Entry:
         "recheck",
         "release",
         "request",
+        "since",
         "task",
         "task_id",
         "waiters",
     )
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str, since: float = 0.0) -> None:
         self.task_id = task_id
+        self.since = since  # when the id became known: the not-found grace starts here
+        self.confirming = False  # a query of this task alone is under way (a callback's hint)
         self.waiters = 0
         self.background = False
         self.not_before = 0.0  # loop time before which rounds skip it (callback mode)
@@ -161,6 +187,8 @@ class Poller:
         busy_interval: float,
         is_busy: Callable[[], bool],
         chunk_size: int,
+        not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
+        clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         self._fetch_batch = fetch_batch
         self._fetch_one = fetch_one
@@ -170,6 +198,8 @@ class Poller:
         self.busy_interval = busy_interval
         self._is_busy = is_busy
         self.chunk_size = chunk_size
+        self.not_found_grace = not_found_grace
+        self._clock = clock
         self._entries: dict[str, Entry] = {}
         self.recent: OrderedDict[str, Task] = OrderedDict()
         self._running = False
@@ -187,7 +217,7 @@ class Poller:
         """The entry for ``task_id``, created (and the poller started) if new."""
         entry = self._entries.get(task_id)
         if entry is None:
-            entry = self._entries[task_id] = Entry(task_id)
+            entry = self._entries[task_id] = Entry(task_id, self._clock())
         if not self._running and not self.closed:
             self._running = True
             self._spawn(self._run)
@@ -230,7 +260,7 @@ class Poller:
 
     def fail(self, entry: Entry, error: FluxError) -> None:
         """End an entry with an error that is not the task's own (404, bad token...)."""
-        entry.error = error
+        entry.error = for_task(error, entry.task_id)
         self._settle(entry)
 
     def _settle(self, entry: Entry) -> None:
@@ -243,11 +273,42 @@ class Poller:
             except Exception:  # a callback's bug must not stop the poller for everyone
                 log.exception("a settle callback of task %s failed", entry.task_id)
 
-    def close(self, error: FluxError) -> None:
-        """Fail every entry (the client is closing); no round starts after this."""
+    def close(self, error: ClientClosedError) -> list[str]:
+        """Fail every entry (the client is closing); no round starts after this.
+
+        Each waiter gets its own ``TaskClosedError`` naming its task. Returns the
+        ids of the tasks this client submitted that had not resolved.
+        """
         self.closed = True
+        unresolved = [e.task_id for e in self._entries.values() if e.request is not None]
         for entry in list(self._entries.values()):
             self.fail(entry, error)
+        return unresolved
+
+    def lost(self, entry: Entry, now: float) -> bool:
+        """Whether a followed id that the service does not know may be declared lost."""
+        return now - entry.since >= self.not_found_grace
+
+    def confirm(self, task_id: str) -> bool:
+        """Ask the service about a followed task right away (a callback hinted it ended).
+
+        One query of that task alone, free; its answer decides, as any round's
+        would. Returns whether the task is followed. At most one such query per
+        task is under way at a time, so repeated hints cost nothing more.
+        """
+        entry = self._entries.get(task_id)
+        if entry is None:
+            return False
+        if not entry.confirming and not self.closed:
+            entry.confirming = True
+            self._spawn(lambda: self._confirm(entry))
+        return True
+
+    async def _confirm(self, entry: Entry) -> None:
+        try:
+            await self._poll_one(entry.task_id)
+        finally:
+            entry.confirming = False
 
     # --- rounds ----------------------------------------------------------------
 
@@ -296,7 +357,12 @@ class Poller:
                 for task_id in due:
                     if task_id in self._entries:
                         group.start_soon(self._poll_one, task_id)
-        lost = [e.task_id for e in self._entries.values() if e.missing >= MISSING_ROUNDS]
+        now = self._clock()
+        lost = [
+            e.task_id
+            for e in self._entries.values()
+            if e.missing >= MISSING_ROUNDS and self.lost(e, now)
+        ]
         if lost:
             async with anyio.create_task_group() as group:
                 for task_id in lost:
@@ -350,10 +416,18 @@ class Poller:
         try:
             item = await self._fetch_one(task_id)
         except FluxError as exc:
-            if not self._transient(exc, ticket) and (
-                isinstance(exc, (NotFoundError, AuthenticationError, InsufficientBalanceError))
-            ):
-                self._fail_all([task_id], exc)
+            if self._transient(exc, ticket):
+                return
+            entry = self._entries.get(task_id)
+            if entry is None:
+                return
+            if isinstance(exc, NotFoundError):
+                if self.lost(entry, self._clock()):
+                    self.fail(entry, exc)
+                else:  # not visible yet: the task exists, it is not lost
+                    entry.missing += 1
+            elif isinstance(exc, (AuthenticationError, InsufficientBalanceError)):
+                self.fail(entry, exc)
             return
         self._limiter.succeeded()
         entry = self._entries.get(task_id)
@@ -373,3 +447,26 @@ class Poller:
             return
         self.resolve(task)
 
+
+
+# Which per-task class an error that ends a wait becomes, checked in order.
+_BOUND: tuple[tuple[type[FluxError], Callable[[str, FluxError], TaskError]], ...] = (
+    (NotFoundError, TaskNotFoundError),
+    (AuthenticationError, TaskAuthenticationError),
+    (InsufficientBalanceError, TaskInsufficientBalanceError),
+    (ClientClosedError, TaskClosedError),
+    (ProtocolError, TaskProtocolError),
+)
+
+
+def for_task(error: FluxError, task_id: str) -> FluxError:
+    """``error`` as it ends the wait for ``task_id``: a new instance naming the task.
+
+    Errors about one task already (``TaskError``) are kept as they are.
+    """
+    if isinstance(error, TaskError):
+        return error
+    for cls, bound in _BOUND:
+        if isinstance(error, cls):
+            return bound(task_id, error)
+    return error

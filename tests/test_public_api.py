@@ -18,6 +18,9 @@ EXPECTED = {
     "TransportError", "ValidationError", "__version__",
     # web servers: callbacks and downloads
     "CallbackVerdict", "DownloadError", "ImageTooLargeError", "NotAnImageError",
+    # errors that end the wait for one task, naming it
+    "TaskAuthenticationError", "TaskClosedError", "TaskInsufficientBalanceError",
+    "TaskNotFoundError", "TaskProtocolError",
 }
 
 
