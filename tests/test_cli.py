@@ -396,7 +396,7 @@ def test_jsonl_lines_with_their_own_fields_and_a_malformed_line(tmp_path: Path) 
         '{"prompt": "make it blue", "image_url": "https://example.com/cat.png"}\n'
         "\n"
         '{"prompt": "a dog", "size": "huge"}\n'
-        '{"prompt": "a bird", "size": "16:9", "model": "flux-pro-1.1"}\n'
+        '{"prompt": "a bird", "size": "1024x768", "model": "flux-pro-1.1"}\n'
     )
     out = tmp_path / "out"
     result = cli("batch", str(source), "--out", str(out), "--local", *FAST)

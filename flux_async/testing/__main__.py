@@ -5,6 +5,7 @@ Benchmarks start it in a subprocess and parse the first line it prints::
     flux_async.testing listening on http://127.0.0.1:PORT token=TOKEN
 
 then drive it over HTTP (``/_local/stats``, ``/_local/settings``, ...).
+``--link BYTES:GAP`` sends every answer in pieces (default: ``FLUX_LOCAL_LINK``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from ._serve import serve
-from ._settings import DEFAULT_TOKEN, ServerSettings
+from ._settings import DEFAULT_TOKEN, LINK_ENV, ServerSettings, link_from_env
 
 __all__ = ["build_parser", "main", "serve"]
 
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--query-rate", type=float)
     parser.add_argument("--callback-drop-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--link", metavar="BYTES:GAP",
+        help=f"answer in pieces of BYTES, GAP seconds apart, 'off' for none (default ${LINK_ENV})",
+    )
+    parser.add_argument("--visibility-delay", type=float, default=0.0)
+    parser.add_argument("--submit-answer-delay", type=float, default=0.0)
     return parser
 
 
@@ -48,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        link = link_from_env() if args.link is None else link_from_env({LINK_ENV: args.link})
         settings = ServerSettings(
             generation_time=(args.generation_time[0], args.generation_time[1]),
             failure_rate=args.failure_rate,
@@ -56,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             query_rate=args.query_rate,
             callback_drop_rate=args.callback_drop_rate,
             seed=args.seed,
+            link_chunk_bytes=link[0],
+            link_chunk_gap=link[1],
+            visibility_delay=args.visibility_delay,
+            submit_answer_delay=args.submit_answer_delay,
         )
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))

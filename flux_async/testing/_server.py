@@ -2,8 +2,8 @@
 
 The real service cannot be reached from where this project is built and tested, so
 this server is the reference the client is measured against: every answer shape of
-flux-api.md, its errors and limits, plus injected faults (resets, gateway pages,
-truncated bodies, slowness) that a robust client must survive.
+the vendor's protocol, its errors and limits, plus injected faults (resets, gateway
+pages, truncated bodies, slowness, refusals) that a robust client must survive.
 
 Design notes
 ------------
@@ -13,6 +13,9 @@ Design notes
 * One seeded ``random.Random`` drives durations, failures, faults and ids, so a seed
   reproduces a run as far as request interleaving allows.
 * Handlers serialise with ``json.dumps`` directly: benchmarks poll 10,000 tasks.
+* Handlers build whole ``web.Response``s; the middleware is the one place that
+  sends them through the simulated link (``link_chunk_bytes``), so every answer,
+  errors included, arrives in pieces the same way.
 """
 
 from __future__ import annotations
@@ -59,6 +62,17 @@ _TOKEN_ERRORS: dict[str, tuple[int, str, str]] = {
     "disabled": (400, "disabled", "the application is disabled"),
 }
 _CALLBACK_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
+# Faults that strike before anything happens and answer a JSON error: nothing is
+# created or billed. (status, code, message)
+_FAULT_ERRORS: dict[str, tuple[int, str, str]] = {
+    "server_error": (500, "api_error", "internal error, please retry later"),
+    "forbidden": (403, "forbidden", "the content was refused, or this token has no access"),
+    "upstream_timeout": (504, "timeout", "the upstream model timed out, please retry"),
+}
+_EARLY_FAULTS = frozenset({"reset_before", "gateway_page", *_FAULT_ERRORS})
+# Request keys: the task a submission created, and whether its answer was cut short.
+_SUBMITTED = web.RequestKey("flux_local_submitted", str)
+_CUT = web.RequestKey("flux_local_cut", bool)
 
 
 class _Dropped(web.Response):
@@ -99,8 +113,9 @@ class LocalFluxServer:
         self._tasks: dict[str, Task] = {}
         self._seq = 0
         self._fail_seq = 0
-        self._answers_429 = 0
         self._answers_mismatch = 0
+        self._answers_error = 0
+        self._answers_linked = 0
         # Wake-ups for held-open requests and callbacks, keyed by task id.
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._waiters: dict[str, list[asyncio.Future[bool]]] = {}
@@ -237,14 +252,22 @@ class LocalFluxServer:
     def _error(
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None
     ) -> web.Response:
-        body = {"error": {"code": code, "message": message}, "trace_id": self._uuid()}
+        """A vendor-shaped error; ``"success": false`` per ``error_success_field``."""
+        body: dict[str, Any] = {"error": {"code": code, "message": message}}
+        mode = self.settings.error_success_field
+        if mode == "always" or (mode == "mixed" and self._answers_error % 2 == 1):
+            body = {"success": False, **body}
+        self._answers_error += 1
+        body["trace_id"] = self._uuid()
         return web.Response(status=status, body=_dumps(body), content_type=_JSON, headers=headers)
 
-    def _too_many(self, wait: float, what: str) -> web.Response:
-        """A 429; the code alternates between the two spellings the vendor docs use."""
+    def _too_many(self, wait: float, code: str, what: str) -> web.Response:
+        """A 429: ``rate_limited`` for the in-flight limit, ``too_many_requests`` for rates.
+
+        ``Retry-After`` only on a ``retry_after_share`` of them (none by default: the
+        vendor documents no rate-limit headers).
+        """
         self.stats.rate_limited += 1
-        code = ("too_many_requests", "rate_limited")[self._answers_429 % 2]
-        self._answers_429 += 1
         headers = None
         if self._rng.random() < self.settings.retry_after_share:
             headers = {"Retry-After": str(max(1, math.ceil(wait)))}
@@ -280,14 +303,14 @@ class LocalFluxServer:
         self, request: web.Request, endpoint: str, fault: str | None
     ) -> web.StreamResponse | None:
         """Apply a fault that strikes before anything happens, if one was drawn."""
-        if fault not in ("reset_before", "server_error", "gateway_page"):
+        if fault is None or fault not in _EARLY_FAULTS:
             return None
         self.stats.faults_injected[f"{endpoint}:{fault}"] += 1
         if fault == "reset_before":
             return self._drop(request)
-        if fault == "server_error":
-            return self._error(500, "api_error", "internal error, please retry later")
-        return web.Response(status=502, body=_GATEWAY_PAGE, content_type="text/html")
+        if fault == "gateway_page":
+            return web.Response(status=502, body=_GATEWAY_PAGE, content_type="text/html")
+        return self._error(*_FAULT_ERRORS[fault])
 
     async def _deliver(
         self,
@@ -305,6 +328,7 @@ class LocalFluxServer:
             if fault == "reset_after":
                 return self._drop(request)
             if fault == "truncated":
+                request[_CUT] = True
                 body = body[: len(body) // 2]
             else:
                 faults = self.settings.faults.get(endpoint)
@@ -322,17 +346,70 @@ class LocalFluxServer:
                 exc.status, code, f"{request.method} {request.path}: {exc.reason}"
             )
         path = request.path
-        if not path.startswith("/_local/"):
-            # /flux/tasks counts itself: its key depends on the action in the body.
-            if path == "/flux/images" and request.method == "POST":
-                self.stats.requests["images"] += 1
-            elif path.startswith("/files/") and request.method in ("GET", "HEAD"):
-                self.stats.requests["files"] += 1
-            elif path != "/flux/tasks" or request.method != "POST":
-                self.stats.requests["other"] += 1
-            if not isinstance(response, _Dropped):
-                self.stats.statuses[response.status] += 1
+        if path.startswith("/_local/"):
+            return response
+        # /flux/tasks counts itself: its key depends on the action in the body.
+        if path == "/flux/images" and request.method == "POST":
+            self.stats.requests["images"] += 1
+        elif path.startswith("/files/") and request.method in ("GET", "HEAD"):
+            self.stats.requests["files"] += 1
+        elif path != "/flux/tasks" or request.method != "POST":
+            self.stats.requests["other"] += 1
+        delivered = not isinstance(response, _Dropped)
+        if delivered:
+            self.stats.statuses[response.status] += 1
+        if (
+            delivered
+            and self.settings.link_chunk_bytes is not None
+            and request.method != "HEAD"
+            and isinstance(response, web.Response)
+            and not response.prepared
+        ):
+            response, delivered = await self._through_link(request, response)
+        elif delivered and (request.transport is None or request.transport.is_closing()):
+            delivered = False  # the client left before its answer could be written
+        task_id = request.get(_SUBMITTED)
+        if task_id is not None and (not delivered or request.get(_CUT, False)):
+            self.stats.answer_lost(task_id)
         return response
+
+    async def _through_link(
+        self, request: web.Request, response: web.Response
+    ) -> tuple[web.StreamResponse, bool]:
+        """Send ``response`` in pieces, like a real link; True if all of it was written.
+
+        Pieces of at most ``link_chunk_bytes``, ``link_chunk_gap`` seconds apart;
+        framed by Content-Length or chunked transfer per ``link_framing``.
+        """
+        settings = self.settings
+        size = settings.link_chunk_bytes
+        assert size is not None
+        body = response.body
+        assert isinstance(body, bytes)
+        out = web.StreamResponse(status=response.status, reason=response.reason)
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-length", "transfer-encoding"):
+                out.headers.add(name, value)
+        framing = settings.link_framing
+        if framing == "mixed":
+            framing = ("length", "chunked")[self._answers_linked % 2]
+        self._answers_linked += 1
+        if framing == "chunked":
+            out.enable_chunked_encoding()
+        else:
+            out.content_length = len(body)
+        try:
+            await out.prepare(request)
+            for start in range(0, len(body), size):
+                if start and settings.link_chunk_gap > 0:
+                    await asyncio.sleep(settings.link_chunk_gap)
+                # write() drains aiohttp's buffer when it fills; the transport
+                # sends what it can at once (TCP_NODELAY), so a piece is a segment.
+                await out.write(body[start : start + size])
+            await out.write_eof()
+        except ConnectionError:  # the client went away mid-answer
+            return out, False
+        return out, True
 
     def _authenticate(self, request: web.Request) -> Account | web.Response:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -441,10 +518,16 @@ class LocalFluxServer:
         self._watch(task)
         return await future
 
-    def _visible_task(self, account: Account, task_id: str) -> Task | None:
-        """A task as seen by ``account``: other tokens' tasks look unknown."""
+    def _visible_task(self, account: Account, task_id: str, now: float) -> Task | None:
+        """A task as ``/flux/tasks`` shows it to ``account`` at monotonic ``now``.
+
+        Other tokens' tasks look unknown, and so does any task younger than
+        ``visibility_delay`` (the vendor's task store lags its submissions).
+        """
         task = self._tasks.get(task_id)
-        return task if task is not None and task.account is account else None
+        if task is None or task.account is not account:
+            return None
+        return task if now - task.start_mono >= self.settings.visibility_delay else None
 
     # -- handlers ----------------------------------------------------------------------
 
@@ -467,7 +550,7 @@ class LocalFluxServer:
         if rate is not None:
             wait = bucket.take(rate, time.monotonic())
             if wait > 0:
-                return self._too_many(wait, what)
+                return self._too_many(wait, "too_many_requests", what)
         return account
 
     async def _handle_images(self, request: web.Request) -> web.StreamResponse:
@@ -484,9 +567,13 @@ class LocalFluxServer:
             now = time.monotonic()
             if account.in_flight(now) >= settings.max_in_flight:
                 wait = account.finishing[0] - now
-                return self._too_many(wait, "too many generations in flight")
+                return self._too_many(wait, "rate_limited", "too many generations in flight")
         task = self._create_task(account, body, sub)
+        request[_SUBMITTED] = task.id
         if sub.callback_url is not None or sub.is_async:
+            if settings.submit_answer_delay > 0:
+                # The task exists and runs meanwhile, whether or not anyone waits.
+                await self._pause(settings.submit_answer_delay)
             return await self._deliver(
                 request, "images", fault, _dumps(task.submit_answer(settings.async_answer))
             )
@@ -517,9 +604,9 @@ class LocalFluxServer:
             if not isinstance(task_id, str):
                 return self._error(400, "bad_request", "id must be a task id string")
             self.stats.ids_queried += 1
-            task = self._visible_task(account, task_id)
+            task = self._visible_task(account, task_id, now)
             if task is None:
-                return self._error(404, "not_found", f"task {task_id!r} not found")
+                return self._error(404, "not_found", "Task not found")
             answer = task.task_object(now, self.url, self._api_id, settings)
         elif action == "retrieve_batch":
             if not settings.batch_enabled:
@@ -528,7 +615,8 @@ class LocalFluxServer:
             if isinstance(ids, str):
                 return self._error(400, "bad_request", ids)
             self.stats.ids_queried += len(ids)
-            found = [t for t in map(partial(self._visible_task, account), ids) if t is not None]
+            visible = partial(self._visible_task, account, now=now)
+            found = [t for t in map(visible, ids) if t is not None]
             # The vendor does not keep the order asked; never keeping it (a shuffle that
             # lands on the same order is rotated) makes order-dependent clients fail fast.
             tasks = found[:]

@@ -3,11 +3,30 @@
 Both classes are mutable attrs classes with validation on assignment, so a test can
 flip ``server.settings.failure_rate = 1.0`` between phases and a typo such as a
 negative rate fails loudly at the assignment instead of silently later.
+
+The loopback is kinder than any real network, so some knobs make it less kind:
+
+* ``link_chunk_bytes`` / ``link_chunk_gap``: every API answer goes out in pieces of
+  at most that many bytes, ``link_chunk_gap`` seconds apart (write, drain, wait),
+  like TCP segments over a real link. ``link_framing`` picks ``Content-Length``,
+  chunked transfer, or alternates (``mixed``), as real gateways do both. Their
+  defaults come from the environment variable ``FLUX_LOCAL_LINK`` (``"BYTES:GAP"``,
+  e.g. ``"1448:0.002"``); unset means the instant loopback.
+* ``visibility_delay``: for that many seconds after creation a task is unknown to
+  ``/flux/tasks`` (404 ``not_found``; left out of ``retrieve_batch``), as the real
+  service's task store lags its submission endpoint.
+* ``submit_answer_delay``: seconds between creating a task and answering its async
+  or callback submission; a client that gives up meanwhile leaves a task that runs
+  (and would be billed). ``ServerStats.unanswered`` lists such tasks.
+* ``retry_after_share`` is 0 by default: the vendor documents no rate-limit headers.
+* ``error_success_field``: error bodies with ``"success": false`` (``always``),
+  without (``never``), or alternating (``mixed``): the vendor documents both.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
@@ -18,11 +37,15 @@ __all__ = [
     "DEFAULT_TOKEN",
     "ENDPOINTS",
     "FAULT_KINDS",
+    "LINK_ENV",
     "AsyncAnswer",
+    "ErrorSuccessField",
     "Faults",
+    "LinkFraming",
     "PendingShape",
     "ServerSettings",
     "TokenState",
+    "link_from_env",
     "settings_update",
 ]
 
@@ -32,11 +55,46 @@ DEFAULT_TOKEN = "flux-local-token"
 AsyncAnswer = Literal["full", "minimal", "mixed"]
 PendingShape = Literal["all", "missing", "null", "empty", "no_data"]
 TokenState = Literal["ok", "expired", "invalid", "used_up", "disabled", "mismatched"]
+LinkFraming = Literal["length", "chunked", "mixed"]
+ErrorSuccessField = Literal["always", "never", "mixed"]
 
 #: Endpoint names that may carry :class:`Faults`.
 ENDPOINTS = ("images", "tasks", "files")
-#: Fault kinds, in the order they are drawn for each request.
-FAULT_KINDS = ("server_error", "gateway_page", "reset_before", "reset_after", "truncated", "slow")
+#: Fault kinds, in the order they are drawn for each request (see ``Faults.draw``).
+FAULT_KINDS = (
+    "server_error",
+    "gateway_page",
+    "forbidden",
+    "upstream_timeout",
+    "reset_before",
+    "reset_after",
+    "truncated",
+    "slow",
+)
+#: The environment variable that sets the defaults of the link settings.
+LINK_ENV = "FLUX_LOCAL_LINK"
+
+
+def link_from_env(environ: Mapping[str, str] = os.environ) -> tuple[int | None, float]:
+    """``(link_chunk_bytes, link_chunk_gap)`` from ``FLUX_LOCAL_LINK``.
+
+    The value is ``"BYTES:GAP"`` (``"1448:0.002"``) or ``"BYTES"`` (no gap); unset,
+    empty or ``off`` means the instant loopback ``(None, 0.0)``. Anything else
+    raises ``ValueError`` naming the variable.
+    """
+    text = environ.get(LINK_ENV, "").strip()
+    if not text or text.lower() == "off":
+        return None, 0.0
+    size, sep, gap = text.partition(":")
+    try:
+        chunk, pause = int(size), float(gap) if sep else 0.0
+    except ValueError:
+        chunk, pause = 0, -1.0
+    if chunk < 1 or not math.isfinite(pause) or pause < 0:
+        raise ValueError(
+            f"{LINK_ENV} must look like 'BYTES:GAP' (e.g. '1448:0.002'), got {text!r}"
+        )
+    return chunk, pause
 
 
 def _share(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -99,14 +157,19 @@ class Faults:
     """Failure injection for one endpoint, each field a probability per request.
 
     For each request the kinds are drawn in declaration order and the first hit wins,
-    so a request suffers at most one fault. ``reset_before``, ``server_error`` and
-    ``gateway_page`` strike before anything happens (no task is created);
-    ``reset_after``, ``truncated`` and ``slow`` strike after the answer was computed (on
-    ``/flux/images`` the task exists), and only on successful answers.
+    so a request suffers at most one fault. ``server_error`` (500 ``api_error``),
+    ``gateway_page`` (502, an HTML page), ``forbidden`` (403 ``forbidden``: content
+    refused or no access), ``upstream_timeout`` (504 ``timeout``: the upstream model
+    timed out) and ``reset_before`` strike before anything happens (no task is
+    created, nothing billed); ``reset_after``, ``truncated`` and ``slow`` strike after
+    the answer was computed (on ``/flux/images`` the task exists), and only on
+    successful answers.
     """
 
     server_error: float = field(default=0.0, validator=_share)
     gateway_page: float = field(default=0.0, validator=_share)
+    forbidden: float = field(default=0.0, validator=_share)
+    upstream_timeout: float = field(default=0.0, validator=_share)
     reset_before: float = field(default=0.0, validator=_share)
     reset_after: float = field(default=0.0, validator=_share)
     truncated: float = field(default=0.0, validator=_share)
@@ -116,9 +179,10 @@ class Faults:
     def draw(self, roll: float) -> str | None:
         """Map one uniform draw in [0, 1) to at most one fault kind.
 
-        The probabilities are laid side by side on [0, 1) in the documented order
-        (``server_error``, ``gateway_page``, ``reset_before``, ``reset_after``,
-        ``truncated``, ``slow``), so each kind keeps its own probability as long as
+        The probabilities are laid side by side on [0, 1) in the order of
+        ``FAULT_KINDS`` (``server_error``, ``gateway_page``, ``forbidden``,
+        ``upstream_timeout``, ``reset_before``, ``reset_after``, ``truncated``,
+        ``slow``), so each kind keeps its own probability as long as
         they sum to at most 1, and one random number per request suffices.
         """
         edge = 0.0
@@ -134,6 +198,8 @@ class ServerSettings:
     """Behaviour of a :class:`LocalFluxServer`; mutable while the server runs.
 
     Rates and limits are per token, like the vendor's. ``None`` disables a limit.
+    The link settings' defaults are read from ``FLUX_LOCAL_LINK`` when the settings
+    are built (see the module docstring); naming them overrides the environment.
     """
 
     generation_time: float | tuple[float, float] = field(
@@ -143,7 +209,7 @@ class ServerSettings:
     max_in_flight: int | None = field(default=None, validator=_optional_count)
     submit_rate: float | None = field(default=None, validator=_optional_positive)
     query_rate: float | None = field(default=None, validator=_optional_positive)
-    retry_after_share: float = field(default=1.0, validator=_share)
+    retry_after_share: float = field(default=0.0, validator=_share)
     batch_enabled: bool = field(default=True, validator=attrs.validators.instance_of(bool))
     async_answer: AsyncAnswer = field(default="full", validator=_one_of(*get_args(AsyncAnswer)))
     pending_shapes: PendingShape = field(default="all", validator=_one_of(*get_args(PendingShape)))
@@ -152,6 +218,18 @@ class ServerSettings:
     faults: dict[str, Faults] = field(factory=dict, validator=_faults_map)
     seed: int | None = field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int))
+    )
+    link_chunk_bytes: int | None = field(
+        factory=lambda: link_from_env()[0], validator=_optional_count
+    )
+    link_chunk_gap: float = field(factory=lambda: link_from_env()[1], validator=_non_negative)
+    link_framing: LinkFraming = field(
+        default="mixed", validator=_one_of(*get_args(LinkFraming))
+    )
+    visibility_delay: float = field(default=0.0, validator=_non_negative)
+    submit_answer_delay: float = field(default=0.0, validator=_non_negative)
+    error_success_field: ErrorSuccessField = field(
+        default="mixed", validator=_one_of(*get_args(ErrorSuccessField))
     )
 
     def duration_bounds(self) -> tuple[float, float]:

@@ -26,7 +26,10 @@ class ServerStats:
     ``files`` or ``other``; ``statuses`` by HTTP status answered (dropped connections
     answer none and only show up in ``faults_injected``). ``finish_times`` maps task id
     to the wall-clock epoch at which the task finished (or will finish), so a benchmark
-    can compute how late a client noticed.
+    can compute how late a client noticed. ``unanswered`` lists the tasks that were
+    created but whose submission answer never reached the client whole (a reset or
+    truncation after creating it, or a client gone before the answer was written):
+    tasks a client can only have lost unless it recovers them some other way.
     """
 
     requests: Counter[str] = field(factory=Counter)
@@ -41,6 +44,7 @@ class ServerStats:
     callbacks_failed: int = 0
     faults_injected: Counter[str] = field(factory=Counter)
     finish_times: dict[str, float] = field(factory=dict)
+    unanswered: list[str] = field(factory=list)
     # Monotonic finish times of every task not yet finished, all tokens together.
     # Live state rather than a counter: reset() keeps it.
     _finishing: list[float] = field(factory=list, repr=False)
@@ -74,6 +78,10 @@ class ServerStats:
             heapq.heappush(self._finishing, finish_mono)
         self.peak_in_flight = max(self.peak_in_flight, len(self._finishing))
 
+    def answer_lost(self, task_id: str) -> None:
+        """The submission answer that carried ``task_id`` did not reach the client."""
+        self.unanswered.append(task_id)
+
     def all_finished(self) -> None:
         """Forget every pending finish time (used when tasks are finished early)."""
         self._finishing.clear()
@@ -91,6 +99,7 @@ class ServerStats:
         self.callbacks_failed = 0
         self.faults_injected.clear()
         self.finish_times.clear()
+        self.unanswered.clear()
         self.peak_in_flight = self.in_flight
 
     def snapshot(self, *, finish_times: bool = False) -> dict[str, Any]:
@@ -109,6 +118,7 @@ class ServerStats:
             "callbacks_dropped": self.callbacks_dropped,
             "callbacks_failed": self.callbacks_failed,
             "faults_injected": dict(self.faults_injected),
+            "unanswered": list(self.unanswered),
         }
         if finish_times:
             out["finish_times"] = dict(self.finish_times)

@@ -169,8 +169,13 @@ class Task:
                 obj["response"] = {}
             elif shape == "no_data":
                 obj["response"] = {"success": True, "task_id": self.id}
+            # The schema allows finished_at/elapsed absent or null until the end;
+            # every second round of the shape cycle sends the nulls.
+            if (self.seq // len(PENDING_SHAPES)) % 2 == 1:
+                obj["finished_at"] = None
+                obj["elapsed"] = None
             if settings.status_words:
-                obj["status"] = "processing"
+                self._words(obj, "processing", "")
             return obj
         # Some failed tasks come without finished_at: clients must not rely on it.
         if not self.failed or self.fail_seq % 2 == 0:
@@ -178,5 +183,18 @@ class Task:
             obj["elapsed"] = round(self.duration, 3)
         obj["response"] = self.final_body(base_url)
         if settings.status_words:
-            obj["status"] = "failed" if self.failed else "succeeded"
+            word = "failed" if self.failed else "succeeded"
+            self._words(obj, word, word)
         return obj
+
+    def _words(self, obj: dict[str, Any], status: str, state: str) -> None:
+        """Top-level words, cycling by seq: ``status`` only, ``state`` only, both.
+
+        The vendor's MCP server reads ``state`` (the empty string while pending);
+        other material shows ``status``.
+        """
+        kind = self.seq % 3
+        if kind != 1:
+            obj["status"] = status
+        if kind != 0:
+            obj["state"] = state
