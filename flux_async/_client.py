@@ -672,10 +672,8 @@ class FluxClient:
         async def runner() -> None:
             with scope:
                 try:
-                    hook_error = await run_map(follow, requests, send, window, size,
-                                               ordered=ordered, on_event=on_event)
-                    if hook_error is not None:
-                        failure.append(hook_error)
+                    await run_map(follow, requests, send, window, size, ordered=ordered,
+                                  on_event=on_event, on_failure=failure.append)
                     completed.append(True)
                 except Exception as exc:  # a bug: re-raised to the consumer
                     failure.append(exc)

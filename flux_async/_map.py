@@ -24,6 +24,7 @@ from typing import Literal
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -101,8 +102,10 @@ class _Run:
         *,
         ordered: bool,
         on_event: Callable[[MapEvent], None] | None,
+        on_failure: Callable[[Exception], None],
     ) -> None:
         self._follow = follow
+        self._on_failure = on_failure
         self._send = send
         self._window = window
         self._size = size
@@ -112,7 +115,7 @@ class _Run:
         self._on_event = on_event
         self._stop: dict[int, Callable[[], None]] = {}  # followed, not yet delivered
         self._group: anyio.abc.TaskGroup | None = None
-        self.failure: BaseException | None = None
+        self.failure: Exception | None = None
         self.progress = MapProgress()
 
     def _emit(self, kind: Literal["submitted", "succeeded", "failed"], index: int,
@@ -153,7 +156,9 @@ class _Run:
 
     def _fail(self, exc: Exception) -> None:
         """The input or a hook raised: stop the run; the consumer gets ``exc`` itself."""
-        self.failure = self.failure or exc
+        if self.failure is None:
+            self.failure = exc
+            self._on_failure(exc)  # now: the run may be cancelled as soon as the stream closes
         self._send.close()
         if self._group is not None:
             self._group.cancel_scope.cancel()
@@ -196,6 +201,11 @@ class _Run:
                 index = 0
                 try:
                     async for request in _each(requests):
+                        # A waiting acquire is woken by the consumer's release before a
+                        # cancellation can land (anyio skips tasks whose wait is done):
+                        # without this check, closing the client under an endless
+                        # input would never stop this loop.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
                         await self._window.acquire()  # given back as the consumer takes one
                         group.start_soon(self._one, index, request)
                         index += 1
@@ -223,13 +233,15 @@ async def run_map(
     *,
     ordered: bool,
     on_event: Callable[[MapEvent], None] | None,
-) -> BaseException | None:
+    on_failure: Callable[[Exception], None],
+) -> None:
     """Run every request through ``follow``, sending each ``Outcome`` to ``send``.
 
     ``window`` (``size`` permits, the stream's buffer size) is acquired per request
-    and released by the consumer as it takes each outcome. Returns the exception
-    a progress hook raised while delivering, if any.
+    and released by the consumer as it takes each outcome. If the input or a
+    progress hook raises, ``on_failure`` gets that exception (once, at once) and
+    the run stops.
     """
-    run = _Run(follow, send, window, size, ordered=ordered, on_event=on_event)
+    run = _Run(follow, send, window, size, ordered=ordered, on_event=on_event,
+               on_failure=on_failure)
     await run.run(requests)
-    return run.failure

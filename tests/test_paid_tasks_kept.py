@@ -1,0 +1,106 @@
+"""Off the loopback, no paid task is lost: a lagging task store, and cancellation mid-POST.
+
+Both conditions are reproduced by the local server: ``visibility_delay`` keeps new
+tasks unknown to ``/flux/tasks`` for a while, ``submit_answer_delay`` holds the
+submission's answer after the task was created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import random
+
+import pytest
+
+from flux_async import GenerateRequest, ImageResult, TaskError
+from flux_async.testing import LocalFluxServer, ServerSettings
+
+from .conftest import client_for, eventually
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("how", ["gather", "map"])
+async def test_tasks_the_task_store_does_not_know_yet_are_all_delivered(how: str) -> None:
+    settings = ServerSettings(generation_time=(0.05, 0.5), visibility_delay=2.0, seed=31)
+    async with LocalFluxServer(settings) as server:
+        # Busy polling every 20 ms: about 100 rounds before any task becomes visible.
+        async with client_for(server, max_concurrency=200) as client:
+            if how == "gather":
+                results = await asyncio.gather(
+                    *(client.generate(f"p{i}") for i in range(200)), return_exceptions=True
+                )
+            else:
+                outcomes = [o async for o in client.map(
+                    [GenerateRequest(f"p{i}") for i in range(200)])]
+                results = [o.result if o.ok else o.error for o in outcomes]  # type: ignore[misc]
+        stats = server.stats
+    errors = [r for r in results if not isinstance(r, ImageResult)]
+    assert errors == []
+    assert stats.tasks_created == 200
+    assert {r.task_id for r in results if isinstance(r, ImageResult)} == set(stats.finish_times)
+    # The invisible spell cost batch slots, not one retrieve per id.
+    assert stats.requests["retrieve"] == 0
+
+
+async def test_every_created_task_reaches_the_caller_whatever_cancels_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """100 generate() calls cancelled at random moments, half by task.cancel(),
+    half by asyncio.wait_for, while each submission's answer takes 0.3 s."""
+    caplog.set_level(logging.WARNING, logger="flux_async")
+    rng = random.Random(9)
+    settings = ServerSettings(generation_time=(0.3, 1.0), submit_answer_delay=0.3, seed=32)
+    before = asyncio.all_tasks()
+    traced: set[str] = set()
+    async with LocalFluxServer(settings) as server:
+        client = client_for(server, max_concurrency=100)
+        async with client:
+
+            async def cancelled_by_task_cancel(i: int, delay: float) -> None:
+                task = asyncio.get_running_loop().create_task(client.generate(f"c{i}"))
+                await asyncio.sleep(delay)  # the random moment of the cancellation
+                task.cancel()
+                try:
+                    traced.add((await task).task_id)
+                except asyncio.CancelledError:
+                    pass
+                except TaskError as exc:
+                    traced.add(exc.task_id or "")
+
+            async def cancelled_by_wait_for(i: int, delay: float) -> None:
+                try:
+                    result = await asyncio.wait_for(client.generate(f"w{i}"), delay)
+                    traced.add(result.task_id)
+                except TimeoutError:
+                    pass
+                except TaskError as exc:
+                    traced.add(exc.task_id or "")
+
+            await asyncio.gather(*(
+                (cancelled_by_task_cancel if i % 2 else cancelled_by_wait_for)(
+                    i, rng.uniform(0.0, 0.7))
+                for i in range(100)
+            ))
+
+            def logged() -> set[str]:
+                text = " ".join(r.getMessage() for r in caplog.records
+                                if r.levelno >= logging.WARNING)
+                return {t for t in server.stats.finish_times if t in text}
+
+            # Answers of POSTs whose caller left arrive up to 0.3 s later.
+            await eventually(lambda: set(server.stats.finish_times) <= traced | logged())
+            created = set(server.stats.finish_times)
+            only_logged = created - traced
+            assert only_logged  # some cancellations did land while a POST was out
+            # A logged id is usable: the task was followed, its result is kept.
+            for task_id in sorted(only_logged)[:10]:
+                assert (await client.wait(task_id, timeout=10)).task_id == task_id
+        assert client._session is not None
+        assert client._session.closed
+    assert 0 < len(created) <= 100
+    assert server.stats.duplicate_prompts == {}
+    gc.collect()
+    assert asyncio.all_tasks() - before == set()
