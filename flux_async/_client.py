@@ -138,6 +138,17 @@ class FluxClient:
       given; give a stable one so callbacks arriving after a restart still
       authenticate). See ``receive_callback``.
     - ``session``: an ``aiohttp.ClientSession`` to use; the client leaves it open.
+    - ``not_found_grace`` (300 s): a task id the service gave (or one passed to
+      ``wait``) is not declared lost before this long after it became known,
+      since new tasks may take a while to appear on ``/flux/tasks``; meanwhile it
+      costs only its place in the batch queries. Then a 404 ends its wait with
+      ``TaskNotFoundError``.
+
+    Cancellation never loses a paid task: a submission's POST runs in a task the
+    client owns, so whatever cancels the caller (an anyio scope, ``task.cancel()``,
+    ``asyncio.wait_for``) the POST gets its answer; the task it created is then
+    followed in the background (it keeps its slot until it resolves, and
+    ``wait(id)`` returns its result), and a WARNING record names it.
     """
 
     def __init__(
@@ -566,12 +577,15 @@ class FluxClient:
         """Apply a callback the service POSTed; answer it with ``verdict.status``.
 
         ``token`` is the ``flux_token`` query parameter of the URL it was posted
-        to, ``body`` the raw body (or its parsed JSON). A callback for a task this
-        client waits on resolves the wait at once. ``flux_async.web`` does this for
-        aiohttp; call it from any other framework the same way (cap the body size
-        first). The rules, in order, are in ``CallbackVerdict``'s module; the short
-        form: bad token 403, not a result 400, contradicts the submission 409,
-        duplicate 200, unknown task 404 with ``kind == "unclaimed"``.
+        to, ``body`` the raw body (or its parsed JSON). A success posted with the
+        token issued for that task's submission resolves its wait at once; a
+        failure, or a post for a task followed through ``wait(id)`` alone, makes
+        the client query that task at once and the service's answer decides (200,
+        ``kind == "confirming"``). ``flux_async.web`` does this for aiohttp; call it
+        from any other framework the same way (cap the body size first). The
+        rules, in order, are in ``CallbackVerdict``'s module; the short form: bad
+        token (or another task's) 403, not a result 400, contradicts the
+        submission 409, duplicate 200, unknown task 404 with ``kind == "unclaimed"``.
         """
         return judge(self._callbacks, self._poller, token, body)
 

@@ -317,12 +317,36 @@ class TaskProtocolError(_TaskBound, ProtocolError):
     """The service's object for this task could not be read."""
 
 
+# Which per-task class an error that ends a wait becomes, checked in order.
+_BOUND: tuple[tuple[type[FluxError], type[_TaskBound]], ...] = (
+    (NotFoundError, TaskNotFoundError),
+    (AuthenticationError, TaskAuthenticationError),
+    (InsufficientBalanceError, TaskInsufficientBalanceError),
+    (ClientClosedError, TaskClosedError),
+    (ProtocolError, TaskProtocolError),
+)
+
+
+def for_task(error: FluxError, task_id: str) -> FluxError:
+    """``error`` as it ends the wait for ``task_id``: a new instance naming the task.
+
+    Errors about one task already (``TaskError``) are kept as they are.
+    """
+    if isinstance(error, TaskError):
+        return error
+    for cls, bound in _BOUND:
+        if isinstance(error, cls):
+            return bound(task_id, error)
+    return error
+
+
 __all__ += [
     "TaskAuthenticationError",
     "TaskClosedError",
     "TaskInsufficientBalanceError",
     "TaskNotFoundError",
     "TaskProtocolError",
+    "for_task",
 ]
 
 # The code decides first: token codes mean "authentication" whatever status carries

@@ -26,15 +26,14 @@ schedules and routes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 
+from ._done import Done
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -42,23 +41,17 @@ from ._errors import (
     FluxError,
     InsufficientBalanceError,
     NotFoundError,
-    ProtocolError,
     RateLimitError,
     ServerError,
-    TaskAuthenticationError,
-    TaskClosedError,
-    TaskError,
-    TaskInsufficientBalanceError,
-    TaskNotFoundError,
-    TaskProtocolError,
     TransportError,
+    for_task,
 )
 from ._limits import RateLimiter
 from ._models import ImageRequest, Task, TaskStatus
 from ._protocol import read_task, task_id_of
 from ._state import classify
 
-__all__ = ["DEFAULT_NOT_FOUND_GRACE", "Done", "Entry", "Poller", "for_task"]
+__all__ = ["DEFAULT_NOT_FOUND_GRACE", "Done", "Entry", "Poller"]
 
 log = logging.getLogger("flux_async")
 
@@ -74,50 +67,6 @@ MISSING_ROUNDS = 3
 DEFAULT_NOT_FOUND_GRACE = 300.0
 # Finished tasks remembered, so ``wait()`` after ``submit()`` needs no query.
 RECENT_RESULTS = 1024
-
-
-class Done:
-    """A one-shot flag to wait on, as ``anyio.Event`` (``set``/``is_set``/``wait``), but small.
-
-    Every pending task holds one. An ``anyio.Event`` (an ``asyncio.Event`` and its
-    deque) takes about 1 KB before anyone waits: 10 MB at 10,000 pending tasks.
-    This takes under 60 bytes, plus one future per waiter while it waits. As with
-    anyio, ``wait()`` on a flag already set still yields once (a checkpoint).
-    """
-
-    __slots__ = ("_set", "_waiters")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._waiters: list[asyncio.Future[None]] | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        if self._set:
-            return
-        self._set = True
-        waiters, self._waiters = self._waiters, None
-        for future in waiters or ():
-            if not future.done():
-                future.set_result(None)
-
-    async def wait(self) -> None:
-        if self._set:
-            await anyio.lowlevel.checkpoint()
-            return
-        future = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = [future]
-        else:
-            self._waiters.append(future)
-        try:
-            await future
-        except BaseException:
-            if self._waiters is not None and future in self._waiters:  # cancelled
-                self._waiters.remove(future)
-            raise
 
 
 class Entry:
@@ -448,25 +397,3 @@ class Poller:
         self.resolve(task)
 
 
-
-# Which per-task class an error that ends a wait becomes, checked in order.
-_BOUND: tuple[tuple[type[FluxError], Callable[[str, FluxError], TaskError]], ...] = (
-    (NotFoundError, TaskNotFoundError),
-    (AuthenticationError, TaskAuthenticationError),
-    (InsufficientBalanceError, TaskInsufficientBalanceError),
-    (ClientClosedError, TaskClosedError),
-    (ProtocolError, TaskProtocolError),
-)
-
-
-def for_task(error: FluxError, task_id: str) -> FluxError:
-    """``error`` as it ends the wait for ``task_id``: a new instance naming the task.
-
-    Errors about one task already (``TaskError``) are kept as they are.
-    """
-    if isinstance(error, TaskError):
-        return error
-    for cls, bound in _BOUND:
-        if isinstance(error, cls):
-            return bound(task_id, error)
-    return error
