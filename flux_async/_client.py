@@ -54,6 +54,7 @@ from ._errors import (
     TaskFailedError,
     TaskTimeoutError,
     TransportError,
+    for_task,
 )
 from ._limits import Backoff, RateLimiter, deadline_after, remaining
 from ._map import Deliver, MapEvent, Requests, run_map
@@ -404,6 +405,12 @@ class FluxClient:
         """Hand the submission's slot to an entry following its task (None: done already)."""
         # A very fast task's callback may have come before this answer: it was held.
         early = self._callbacks.settle(nonce)
+        if self._poller.closed and submission.result is None:  # answered as the client closed
+            self._slots.release()
+            log.warning("task %s was created as the client closed; nobody follows it: "
+                        "wait on it with another client", submission.task_id)
+            raise for_task(ClientClosedError("the FluxClient was closed while submitting"),
+                           submission.task_id)
         if submission.result is not None:
             self._slots.release()
             self._poller.resolve(_task_of(submission))
@@ -424,13 +431,11 @@ class FluxClient:
     ) -> None:
         """A submission answered after its caller had left: follow its task anyway."""
         task_id = submission.task_id
-        if self._poller.closed:
-            self._slots.release()
-            self._callbacks.settle(nonce)
-            log.warning("task %s was created as the client closed; nobody follows it: "
-                        "wait on it with another client", task_id)
-        else:
+        try:
             self._track(submission, request, nonce, callbacks, background=True)
+        except ClientClosedError:
+            pass  # logged, naming the task
+        else:
             log.warning("the caller left while its submission was on the wire; task %s was "
                         "created and is followed in the background: await client.wait(%r)",
                         task_id, task_id)

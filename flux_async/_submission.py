@@ -165,13 +165,14 @@ class Submitter:
             )
             raise
         finally:
-            self.on_wire -= 1
-            if not self.on_wire and self._drained is not None:
-                self._drained.set()
+            # The caller (or the handover) first: it is woken before aclose() is.
             if wire.left:
                 self._orphaned(wire, handover)
             else:
                 wire.done.set()
+            self.on_wire -= 1
+            if not self.on_wire and self._drained is not None:
+                self._drained.set()
 
     @staticmethod
     def _orphaned(wire: _Wire, handover: Handover) -> None:

@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from flux_async import GenerateRequest, ImageResult, TaskError
+from flux_async import GenerateRequest, ImageResult, TaskClosedError, TaskError
 from flux_async.testing import LocalFluxServer, ServerSettings
 
 from .conftest import client_for, eventually
@@ -102,5 +102,31 @@ async def test_every_created_task_reaches_the_caller_whatever_cancels_it(
         assert client._session.closed
     assert 0 < len(created) <= 100
     assert server.stats.duplicate_prompts == {}
+    gc.collect()
+    assert asyncio.all_tasks() - before == set()
+
+
+async def test_closing_lets_a_paid_post_answer_and_names_its_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flux_async")
+    settings = ServerSettings(generation_time=30.0, submit_answer_delay=0.5, seed=33)
+    before = asyncio.all_tasks()
+    async with LocalFluxServer(settings) as server:
+        client = client_for(server)
+        async with client:
+            job = asyncio.get_running_loop().create_task(client.generate("closing"))
+            submitted = asyncio.get_running_loop().create_task(
+                client.submit(GenerateRequest("submitted")))
+            await eventually(lambda: server.stats.tasks_created == 2)
+            # Both POSTs are on the wire, their answers 0.5 s away: close now.
+        with pytest.raises(TaskClosedError) as info:
+            await job
+        task = await submitted  # the submission itself completed: its id came back
+        created = set(server.stats.finish_times)
+    assert {info.value.task_id, task.id} == created
+    closing = [r.getMessage() for r in caplog.records if "closed with" in r.getMessage()]
+    assert len(closing) == 1
+    assert all(task_id in closing[0] for task_id in created)
     gc.collect()
     assert asyncio.all_tasks() - before == set()
