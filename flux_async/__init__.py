@@ -20,6 +20,7 @@ from ._errors import (
     ConnectError,
     DownloadError,
     FluxError,
+    ForbiddenError,
     ImageTooLargeError,
     InsufficientBalanceError,
     NetworkError,
@@ -39,6 +40,7 @@ from ._errors import (
     TaskProtocolError,
     TaskTimeoutError,
     TransportError,
+    UpstreamTimeoutError,
     ValidationError,
 )
 from ._map import MapEvent, MapProgress
@@ -53,6 +55,8 @@ from ._models import (
     TaskErrorInfo,
     TaskStatus,
 )
+from ._settings import USE_CLIENT_DEFAULT, ClientSettings, UseClientDefault
+from ._upload import LocalImage
 
 __version__ = "0.1.0.dev0"
 
@@ -62,18 +66,21 @@ __all__ = [
     "BadRequestError",
     "CallbackVerdict",
     "ClientClosedError",
+    "ClientSettings",
     "ConfigurationError",
     "ConnectError",
     "DownloadError",
     "EditRequest",
     "FluxClient",
     "FluxError",
+    "ForbiddenError",
     "GenerateRequest",
     "Image",
     "ImageRequest",
     "ImageResult",
     "ImageTooLargeError",
     "InsufficientBalanceError",
+    "LocalImage",
     "MapEvent",
     "MapProgress",
     "NetworkError",
@@ -97,6 +104,9 @@ __all__ = [
     "TaskStatus",
     "TaskTimeoutError",
     "TransportError",
+    "USE_CLIENT_DEFAULT",
+    "UpstreamTimeoutError",
+    "UseClientDefault",
     "ValidationError",
     "__version__",
 ]

@@ -24,6 +24,7 @@ import pathlib
 import time
 from collections.abc import (
     AsyncGenerator,
+    AsyncIterable,
     Awaitable,
     Callable,
     Coroutine,
@@ -54,6 +55,7 @@ from ._errors import (
     TaskFailedError,
     TaskTimeoutError,
     TransportError,
+    ValidationError,
     for_task,
 )
 from ._limits import Backoff, RateLimiter, deadline_after, remaining
@@ -81,8 +83,17 @@ from ._protocol import (
     retrieve_batch_body,
     retrieve_body,
 )
+from ._settings import (
+    USE_CLIENT_DEFAULT,
+    ClientSettings,
+    UseClientDefault,
+    check_api_key,
+    resolve_timeout,
+)
 from ._submission import Handover, Submitter
 from ._transport import Transport
+from ._upload import ImageSource, is_remote, upload_url_for
+from ._uploader import Uploader
 
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "FluxClient"]
 
@@ -90,16 +101,6 @@ log = logging.getLogger("flux_async")
 
 API_KEY_ENV = "ACEDATACLOUD_API_TOKEN"
 BASE_URL_ENV = "FLUX_ASYNC_BASE_URL"
-
-
-class _Default:
-    """Marks "use the client's default" where ``None`` already means "no limit"."""
-
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-DEFAULT: Any = _Default()
 
 
 class FluxClient:
@@ -120,7 +121,8 @@ class FluxClient:
     - ``poll_interval`` (1 s): time between poll rounds; ``busy_poll_interval``
       (0.2 s) while every slot is taken, since then a finished task noticed
       sooner is a slot freed sooner.
-    - ``batch_size`` (50): ids per ``retrieve_batch`` request.
+    - ``batch_size`` (50): ids per ``retrieve_batch`` request, at most 50 (the
+      vendor's recommendation).
     - ``timeout`` (600 s): default deadline of ``generate``/``edit``/``wait``;
       ``None`` for none. ``request_timeout`` (60 s): one HTTP request.
     - ``max_retries`` (5): attempts at a submission that provably reached nobody
@@ -138,12 +140,21 @@ class FluxClient:
       (``flux_token=``) derived from ``callback_secret`` (random per client unless
       given; give a stable one so callbacks arriving after a restart still
       authenticate). See ``receive_callback``.
+    - ``upload_url``: where ``upload()`` (and ``edit`` with a local image) POSTs
+      files; default ``{base_url}/files/upload``, which for the default base URL
+      is the vendor's documented ``https://api.acedata.cloud/files/upload``.
     - ``session``: an ``aiohttp.ClientSession`` to use; the client leaves it open.
     - ``not_found_grace`` (300 s): a task id the service gave (or one passed to
       ``wait``) is not declared lost before this long after it became known,
       since new tasks may take a while to appear on ``/flux/tasks``; meanwhile it
       costs only its place in the batch queries. Then a 404 ends its wait with
       ``TaskNotFoundError``.
+
+    Every setting is checked here, before anything is sent: a wrong type, NaN,
+    a zero or negative interval, a ``batch_size`` over 50, a ``base_url`` that
+    is not an absolute http(s) URL, a key with whitespace in it raise
+    ``ConfigurationError`` naming the setting. ``client.settings`` is the
+    resulting frozen ``ClientSettings``.
 
     Cancellation never loses a paid task: a submission's POST runs in a task the
     client owns, so whatever cancels the caller (an anyio scope, ``task.cancel()``,
@@ -172,76 +183,85 @@ class FluxClient:
         callback_url: str | None = None,
         callback_poll_interval: float = 30.0,
         callback_secret: str | None = None,
+        upload_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
     ) -> None:
-        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        if not api_key:
+        source = "api_key" if api_key is not None else f"${API_KEY_ENV}"
+        api_key = check_api_key(
+            api_key if api_key is not None else os.environ.get(API_KEY_ENV), source=source
+        )
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise ConfigurationError(
-                f"no API key: pass FluxClient(api_key=...) or set ${API_KEY_ENV}"
+                f"must be an aiohttp.ClientSession, got {type(session).__name__}",
+                field="session",
             )
-        if max_concurrency < 1:
-            raise ConfigurationError("max_concurrency must be at least 1")
-        if not 1 <= batch_size <= 100:
-            raise ConfigurationError("batch_size must be between 1 and 100")
-        if max_retries < 1:
-            raise ConfigurationError("max_retries must be at least 1")
-        if retry_backoff <= 0:
-            raise ConfigurationError("retry_backoff must be positive")
-        if callback_url is not None:
-            check_http_url("callback_url", callback_url)
-        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.resend_uncertain = resend_uncertain
-        self.callback_url = callback_url
-        self.callback_poll_interval = callback_poll_interval
+        self.settings = settings = ClientSettings(
+            base_url=base_url if base_url is not None else (
+                os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL),
+            max_concurrency=max_concurrency, submit_rate=submit_rate,
+            submit_burst=submit_burst, query_rate=query_rate, poll_interval=poll_interval,
+            busy_poll_interval=busy_poll_interval, batch_size=batch_size, timeout=timeout,
+            request_timeout=request_timeout, max_retries=max_retries,
+            retry_backoff=retry_backoff, resend_uncertain=resend_uncertain,
+            callback_url=callback_url, callback_poll_interval=callback_poll_interval,
+            callback_secret=callback_secret, upload_url=upload_url,
+            not_found_grace=not_found_grace,
+        )
+        self.base_url = settings.base_url
+        self.max_concurrency = settings.max_concurrency
+        self.timeout = settings.timeout
+        self.max_retries = settings.max_retries
+        self.resend_uncertain = settings.resend_uncertain
+        self.callback_url = settings.callback_url
+        self.callback_poll_interval = settings.callback_poll_interval
         # Holds the callback secret; its repr hides it, like the key's headers.
-        self._callbacks = CallbackBook(callback_secret)
+        self._callbacks = CallbackBook(settings.callback_secret)
         # The key lives only inside these headers, which nothing prints.
         self._headers = request_headers(api_key)
         self._request_timeout = aiohttp.ClientTimeout(
-            total=request_timeout, sock_connect=min(10.0, request_timeout)
+            total=settings.request_timeout, sock_connect=min(10.0, settings.request_timeout)
         )
         self._session = session
         self._owns_session = session is None
         self._transport: Transport | None = None
-        self._slots = anyio.Semaphore(max_concurrency)
-        self._backoff = Backoff(base=retry_backoff, cap=max(16.0, retry_backoff))
-        if submit_burst is None:
-            # 60% of a second's worth: slots that free together can be refilled at
-            # once, while 40% of the service's per-second allowance stays spare to
-            # absorb network jitter (arrivals bunched closer than they were sent).
-            submit_burst = max(1, round(0.6 * submit_rate)) if submit_rate is not None else 1
-        if submit_burst < 1:
-            raise ConfigurationError("submit_burst must be at least 1")
-        self.submit_limiter = RateLimiter(submit_rate, burst=submit_burst, backoff=self._backoff)
+        self._slots = anyio.Semaphore(settings.max_concurrency)
+        backoff = settings.retry_backoff
+        self._backoff = Backoff(base=backoff, cap=max(16.0, backoff))
+        self.upload_url = upload_url_for(settings.upload_url, self.base_url)
+        self._uploader = Uploader(
+            self.upload_url, attempts=settings.max_retries,
+            backoff=self._backoff, request_timeout=settings.request_timeout,
+        )
+        self.submit_limiter = RateLimiter(
+            settings.submit_rate, burst=settings.effective_submit_burst, backoff=self._backoff
+        )
         self._submitter = Submitter(
             self._post, self.submit_limiter, self._backoff, spawn=self._spawn,
-            max_retries=max_retries, resend_uncertain=resend_uncertain,
+            max_retries=settings.max_retries, resend_uncertain=settings.resend_uncertain,
         )
-        # Queries are free: a poll round's chunks may go out together, up to a
-        # second's worth.
-        burst = max(1, int(query_rate)) if query_rate is not None else 1
-        self.query_limiter = RateLimiter(query_rate, burst=burst, backoff=self._backoff)
+        self.query_limiter = RateLimiter(
+            settings.query_rate, burst=settings.query_burst, backoff=self._backoff
+        )
         self._poller = Poller(
             fetch_batch=self._fetch_batch,
             fetch_one=self._fetch_one,
             limiter=self.query_limiter,
             spawn=self._spawn,
-            interval=poll_interval,
-            busy_interval=busy_poll_interval,
+            interval=settings.poll_interval,
+            busy_interval=settings.busy_poll_interval,
             # Every slot taken: a finished task noticed sooner is a slot freed sooner.
             is_busy=lambda: self._slots.value == 0,
-            chunk_size=batch_size,
-            not_found_grace=not_found_grace,
+            chunk_size=settings.batch_size,
+            not_found_grace=settings.not_found_grace,
         )
         self._group: anyio.abc.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._started: anyio.Event | None = None
         self._stopping: anyio.Event | None = None
         self._closed = False
+        # Tasks followed in the background because their caller left mid-POST.
+        self._adopted: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<FluxClient {self.base_url} max_concurrency={self.max_concurrency}>"
@@ -318,12 +338,17 @@ class FluxClient:
                     await self._submitter.drained()
             closed = ClientClosedError("the FluxClient was closed while waiting")
             running = self._poller.close(closed)
-            if running:
-                log.warning(
-                    "FluxClient closed with %d submitted task(s) still running; they may "
-                    "still finish and be billed, wait on them with another client: %s",
-                    len(running), ", ".join(running),
-                )
+            # Tasks adopted after their caller left were named only in a log record
+            # so far: name them again, loudly. The others' ids are with their callers
+            # (submit() returned it; a waiter gets TaskClosedError naming it).
+            orphans = [t for t in running if t in self._adopted]
+            others = [t for t in running if t not in self._adopted]
+            self._adopted.clear()
+            for level, ids in ((logging.WARNING, orphans), (logging.INFO, others)):
+                if ids:
+                    log.log(level, "FluxClient closed with %d submitted task(s) still "
+                            "running; they may still finish and be billed, wait on them "
+                            "with another client: %s", len(ids), ", ".join(ids))
             if self._stopping is not None:
                 self._stopping.set()
             if self._supervisor is not None:
@@ -432,10 +457,14 @@ class FluxClient:
         """A submission answered after its caller had left: follow its task anyway."""
         task_id = submission.task_id
         try:
-            self._track(submission, request, nonce, callbacks, background=True)
+            entry = self._track(submission, request, nonce, callbacks, background=True)
         except ClientClosedError:
             pass  # logged, naming the task
         else:
+            if entry is not None:
+                self._adopted.add(task_id)
+                entry.on_settle = [*(entry.on_settle or ()),
+                                   lambda done: self._adopted.discard(done.task_id)]
             log.warning("the caller left while its submission was on the wire; task %s was "
                         "created and is followed in the background: await client.wait(%r)",
                         task_id, task_id)
@@ -471,7 +500,6 @@ class FluxClient:
         timeout: float | None,
         on_submitted: Callable[[str], None] | None = None,
     ) -> ImageResult:
-        timeout = self.timeout if timeout is DEFAULT else timeout
         deadline = deadline_after(timeout)
         callback_url = self.callback_url
         submission, entry = await self._launch(
@@ -492,13 +520,14 @@ class FluxClient:
         model: str | None = None,
         size: str | None = None,
         count: int | None = None,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> ImageResult:
         """Generate images from ``prompt`` and wait for them.
 
         Raises ``TaskFailedError`` if the service fails the task, ``TaskTimeoutError``
         when ``timeout`` (default: the client's) passes first.
         """
+        timeout = resolve_timeout(timeout, self.timeout)
         request = GenerateRequest(prompt, model=model, size=size, count=count)
         return await self._run(request, timeout)
 
@@ -506,15 +535,22 @@ class FluxClient:
         self,
         prompt: str,
         *,
-        image_url: str,
+        image: str | ImageSource | None = None,
+        image_url: str | ImageSource | None = None,
         model: str | None = None,
         size: str | None = None,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> ImageResult:
-        """Edit the image at ``image_url`` as ``prompt`` says, and wait for the result."""
-        return await self._run(
-            EditRequest(prompt, image_url=image_url, model=model, size=size), timeout
-        )
+        """Edit ``image`` as ``prompt`` says, and wait for the result.
+
+        ``image`` is an http(s) URL (passed on), a local file's path (``str`` or
+        ``os.PathLike``) or the image's bytes (both uploaded first, see
+        ``upload``). ``image_url`` is the same argument under its older name.
+        ``timeout`` counts from the submission, after any upload.
+        """
+        timeout = resolve_timeout(timeout, self.timeout)
+        return await self._run(await self._edit_request(prompt, image, image_url, model, size),
+                               timeout)
 
     async def submit(self, request: ImageRequest, *, callback_url: str | None = None) -> Task:
         """Submit and return as soon as the service gives a task id.
@@ -523,7 +559,9 @@ class FluxClient:
         in the background so ``wait()`` on it later is immediate once it has.
         """
         if not isinstance(request, (GenerateRequest, EditRequest)):
-            raise TypeError("submit() takes a GenerateRequest or an EditRequest")
+            raise ValidationError(
+                "request", f"must be a GenerateRequest or an EditRequest, got {request!r:.80}"
+            )
         if callback_url is not None:
             check_http_url("callback_url", callback_url)
         submission, _ = await self._launch(
@@ -532,19 +570,23 @@ class FluxClient:
         )
         return _task_of(submission)
 
-    async def wait(self, task: Task | str, *, timeout: float | None = DEFAULT) -> ImageResult:
+    async def wait(
+        self, task: Task | str, *, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
+    ) -> ImageResult:
         """Wait for a task (or task id) to resolve, polling it with every other pending one.
 
         ``TaskTimeoutError`` leaves the task running: ``wait()`` on it again later.
         """
         task_id = task.id if isinstance(task, Task) else task
-        if not isinstance(task_id, str) or not task_id:
-            raise TypeError("wait() takes a Task or a non-empty task id")
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise ValidationError(
+                "task", f"must be a Task or a non-empty task id, got {task!r:.80}"
+            )
+        timeout = resolve_timeout(timeout, self.timeout)
         known = task if isinstance(task, Task) and task.status.finished else None
         known = known or self._poller.recent.get(task_id)
         if known is not None:
             return _result_of(known)
-        timeout = self.timeout if timeout is DEFAULT else timeout
         deadline = deadline_after(timeout)
         await self._start()
         entry = self._poller.entry(task_id)
@@ -552,6 +594,7 @@ class FluxClient:
 
     async def get_task(self, task_id: str) -> Task:
         """One task as the service reports it now (``retrieve``)."""
+        _check_task_id("task_id", task_id)
         task = read_task(await self._query(functools.partial(self._fetch_one, task_id)))
         self._poller.resolve(task)
         return task
@@ -561,7 +604,14 @@ class FluxClient:
 
         Ids the service does not know are left out, as the service leaves them out.
         """
-        ids = list(dict.fromkeys(task_ids))
+        if isinstance(task_ids, (str, bytes)) or not isinstance(task_ids, Iterable):
+            raise ValidationError(
+                "task_ids", f"must be an iterable of task ids, got {task_ids!r:.80}"
+            )
+        given = list(task_ids)
+        for task_id in given:
+            _check_task_id("task_ids", task_id)
+        ids = list(dict.fromkeys(given))
         size = self._poller.chunk_size
         found: dict[str, Task] = {}
         for start in range(0, len(ids), size):
@@ -657,7 +707,7 @@ class FluxClient:
         requests: Requests,
         *,
         ordered: bool = False,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
         on_event: Callable[[MapEvent], None] | None = None,
     ) -> AsyncGenerator[Outcome, None]:
         """Run many requests, yielding an ``Outcome`` per request as each resolves.
@@ -672,6 +722,15 @@ class FluxClient:
         itself (not in an ``ExceptionGroup``) once the outcomes already delivered
         have been yielded.
         """
+        if isinstance(requests, (str, bytes, GenerateRequest, EditRequest)) or not isinstance(
+            requests, (Iterable, AsyncIterable)
+        ):
+            raise ValidationError(
+                "requests", f"must be an iterable of requests, got {requests!r:.80}"
+            )
+        if on_event is not None and not callable(on_event):
+            raise ValidationError("on_event", f"must be callable, got {on_event!r:.80}")
+        timeout = resolve_timeout(timeout, self.timeout)
         await self._start()
         size = self.max_concurrency
         send, receive = anyio.create_memory_object_stream[Outcome](size)
@@ -728,7 +787,6 @@ class FluxClient:
         callback and one timer do the waiting. Returns how to stop following
         (None when already delivered). Raises what the submission raises.
         """
-        timeout = self.timeout if timeout is DEFAULT else timeout
         deadline = deadline_after(timeout)
         submission, entry = await self._launch(
             request, deadline=deadline, timeout=timeout, callback_url=self.callback_url,
@@ -774,6 +832,55 @@ class FluxClient:
             timer = asyncio.get_running_loop().call_at(deadline, stop, True)
         return stop
 
+    # --- uploads -------------------------------------------------------------------
+
+    async def upload(self, image: ImageSource) -> str:
+        """Upload a local image; return the URL the service hosts it at (valid 7 days).
+
+        ``image`` is a path (``str`` or ``os.PathLike``) or the image's bytes. It
+        is read and checked before anything is sent: a missing, unreadable or
+        empty file, a directory, more than 25 MB, or content that is not a PNG,
+        JPEG, WebP or GIF image raise ``ValidationError`` (field ``image``).
+        Uploads are not billed: a connect error, a broken connection, a 5xx or a
+        429 is tried again (``max_retries`` in all); the answer's errors raise
+        the same ``APIError`` subclasses as every other call.
+        """
+        return await self._upload(image, "image")
+
+    async def _upload(self, image: ImageSource, field: str) -> str:
+        if is_remote(image):
+            raise ValidationError(field, "is already a URL: nothing to upload")
+        await self._start()
+        assert self._transport is not None
+        return await self._uploader.upload(self._transport, image, field=field)
+
+    async def _edit_request(
+        self,
+        prompt: str,
+        image: str | ImageSource | None,
+        image_url: str | ImageSource | None,
+        model: str | None,
+        size: str | None,
+    ) -> EditRequest:
+        """The ``EditRequest`` of ``edit``; a local image is uploaded once all else is valid."""
+        if image is not None and image_url is not None:
+            raise ValidationError("image", "give image or image_url, not both")
+        field, source = ("image", image) if image is not None else ("image_url", image_url)
+        if source is None:
+            raise ValidationError("image", "required: an http(s) URL, a file path or bytes")
+        if isinstance(source, str) and is_remote(source):
+            return EditRequest(prompt, image_url=source, model=model, size=size)
+        # The edit's own checks, before an upload is spent on a bad request (the URL
+        # is a stand-in: the real one exists only after the upload).
+        EditRequest(prompt, image_url="https://upload.invalid/", model=model, size=size)
+        url = await self._upload(source, field)
+        return EditRequest(prompt, image_url=url, model=model, size=size)
+
+
+
+def _check_task_id(field: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(field, f"a task id is a non-empty string, got {value!r:.80}")
 
 
 def _task_of(submission: Submission) -> Task:
@@ -793,4 +900,3 @@ def _result_of(task: Task) -> ImageResult:
         message=error.message if error else "the task failed",
         trace_id=task.trace_id,
     )
-

@@ -16,10 +16,13 @@ translates them once, with ``raise ... from`` so the original stays on
     ├── APIError                    the service answered an error: status, code, message, trace_id
     │   ├── BadRequestError         400
     │   ├── AuthenticationError     401, and the token codes whatever the status
-    │   ├── InsufficientBalanceError  403 used_up
+    │   ├── InsufficientBalanceError  403 used_up: the balance is spent
+    │   ├── ForbiddenError          403 forbidden (moderation, no access) and any other 403
     │   ├── NotFoundError           404
-    │   ├── RateLimitError          429, with retry_after when the service gave one
+    │   ├── RateLimitError          429; limit says which ("concurrency" or "rate"),
+    │   │                           retry_after when the service gave one
     │   └── ServerError             5xx, including gateway pages that are not JSON
+    │       └── UpstreamTimeoutError  504 timeout: the model timed out, nothing billed
     ├── SubmissionUncertainError    a paid submission whose fate is unknown: not re-sent
     ├── DownloadError               an image could not be fetched or saved: url, status
     │   ├── NotAnImageError         the answer's content type is not image/*
@@ -35,7 +38,7 @@ Messages never contain the API key: nothing here is ever given it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "APIError",
@@ -46,6 +49,7 @@ __all__ = [
     "ConnectError",
     "DownloadError",
     "FluxError",
+    "ForbiddenError",
     "ImageTooLargeError",
     "InsufficientBalanceError",
     "NetworkError",
@@ -60,6 +64,7 @@ __all__ = [
     "TaskFailedError",
     "TaskTimeoutError",
     "TransportError",
+    "UpstreamTimeoutError",
     "ValidationError",
     "error_for_response",
 ]
@@ -70,7 +75,16 @@ class FluxError(Exception):
 
 
 class ConfigurationError(FluxError, ValueError):
-    """The client cannot be built as asked (for example: no API key anywhere)."""
+    """The client cannot be built as asked (no API key anywhere, an impossible setting).
+
+    ``field`` names the setting at fault when there is one; the message starts
+    with it. A value that may be secret (the API key) is never quoted.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
 
 
 class ValidationError(FluxError, ValueError):
@@ -155,15 +169,42 @@ class AuthenticationError(APIError):
 
 
 class InsufficientBalanceError(APIError):
-    """403 ``used_up``: the account's balance is spent (or the token has no access)."""
+    """403 ``used_up``: the account's balance is spent. Top it up, then retry."""
+
+
+class ForbiddenError(APIError):
+    """403 ``forbidden``: the content was refused (moderation) or the token has no access.
+
+    Not a balance problem, and not billed. Any other 403 whose code is not
+    ``used_up`` lands here too: refusal is what the status says, and a spent
+    balance is claimed only when the service says ``used_up``. Re-sending the same
+    request will be refused the same way.
+    """
 
 
 class NotFoundError(APIError):
     """404: wrong path (``no_api``) or a task id the service does not know."""
 
 
+RateLimit = Literal["concurrency", "rate"]
+
+# The vendor answers a different code for each of its two limits.
+_LIMIT_OF_CODE: Mapping[str, RateLimit] = {
+    "rate_limited": "concurrency",  # too many generations in flight for this token
+    "too_many_requests": "rate",  # too many requests per second
+}
+
+
 class RateLimitError(APIError):
-    """429: too many requests; ``retry_after`` is the delay the service asked for, if any."""
+    """429: a limit of the service was hit; nothing was created.
+
+    ``limit`` says which, from the code: ``"concurrency"`` (``rate_limited``: too
+    many generations in flight; wait for one to finish) or ``"rate"``
+    (``too_many_requests``: too many requests per second; slow down); ``None``
+    for a code the client does not know. ``retry_after`` is the delay the
+    service asked for: the vendor documents no ``Retry-After``, so it is usually
+    ``None`` and the client's own backoff decides.
+    """
 
     def __init__(
         self,
@@ -176,10 +217,23 @@ class RateLimitError(APIError):
     ) -> None:
         super().__init__(message, status=status, code=code, trace_id=trace_id)
         self.retry_after = retry_after
+        self.limit: RateLimit | None = _LIMIT_OF_CODE.get(code or "")
 
 
 class ServerError(APIError):
     """5xx: the service (or a gateway in front of it) failed."""
+
+
+class UpstreamTimeoutError(ServerError):
+    """504 ``timeout``: the upstream model timed out; the task did not complete.
+
+    The vendor's statement, in its own error body: nothing completed and nothing
+    is billed. A submission answered so is therefore re-sent like one that never
+    connected (within ``max_retries``, after the backoff): the first attempt
+    cannot be charged, so the re-send cannot pay twice. A 504 without the
+    vendor's code (a gateway's HTML page) is not that statement: it stays a
+    plain ``ServerError`` and the submission stays uncertain.
+    """
 
 
 class SubmissionUncertainError(FluxError):
@@ -364,6 +418,7 @@ _CODE_CLASSES: Mapping[str, type[APIError]] = {
     "token_expired": AuthenticationError,
     "token_mismatched": AuthenticationError,
     "used_up": InsufficientBalanceError,
+    "forbidden": ForbiddenError,
     "too_many_requests": RateLimitError,
     "rate_limited": RateLimitError,
 }
@@ -371,7 +426,7 @@ _CODE_CLASSES: Mapping[str, type[APIError]] = {
 _STATUS_CLASSES: Mapping[int, type[APIError]] = {
     400: BadRequestError,
     401: AuthenticationError,
-    403: InsufficientBalanceError,
+    403: ForbiddenError,
     404: NotFoundError,
     429: RateLimitError,
 }
@@ -386,6 +441,10 @@ def error_for_response(
     retry_after: float | None = None,
 ) -> APIError:
     """The typed exception for an error answer: by code first, then by status."""
+    if code == "timeout" and status == 504:
+        # Only the pair is the vendor's "upstream timed out, not billed": a submission
+        # is re-sent on it, so a ``timeout`` code under any other status is not enough.
+        return UpstreamTimeoutError(message, status=status, code=code, trace_id=trace_id)
     cls = _CODE_CLASSES.get(code or "")
     if cls is None:
         cls = ServerError if status >= 500 else _STATUS_CLASSES.get(status, APIError)

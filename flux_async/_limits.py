@@ -22,6 +22,8 @@ import random
 import anyio
 import attrs
 
+from ._errors import ValidationError
+
 __all__ = ["Backoff", "RateLimiter", "deadline_after", "remaining"]
 
 
@@ -30,7 +32,7 @@ def deadline_after(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if timeout < 0 or math.isnan(timeout):
-        raise ValueError("timeout must be a non-negative number of seconds or None")
+        raise ValidationError("timeout", "must be a number of seconds >= 0, or None")
     return anyio.current_time() + timeout
 
 
@@ -41,19 +43,22 @@ def remaining(deadline: float | None) -> float | None:
 
 @attrs.define
 class Backoff:
-    """Exponential delays with jitter: base, 2*base, 4*base... capped, each randomised.
+    """Exponential delays plus jitter: base, 2*base, 4*base... capped, then a random extra.
 
-    ``delay(n)`` for the n-th consecutive failure (n >= 1). "Equal jitter": half
-    the step is fixed, half random, so retries spread out but never come early.
+    ``delay(n)`` for the n-th consecutive failure (n >= 1). With the defaults
+    that is the vendor's advice, 1, 2, 4, 8, 16 s plus jitter: the step is a
+    floor (a retry never comes sooner than advised) and up to ``jitter`` of it is
+    added at random, so many clients backing off together spread out.
     """
 
     base: float = 1.0
     cap: float = 16.0
+    jitter: float = 0.25
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
 
     def delay(self, attempt: int) -> float:
         step = min(self.cap, self.base * 2.0 ** max(0, attempt - 1))
-        return step / 2 + self.rng.uniform(0, step / 2)
+        return step + self.rng.uniform(0, step * self.jitter)
 
 
 class RateLimiter:

@@ -2,8 +2,9 @@
 
 All frozen attrs classes. Requests validate themselves on construction so bad
 input fails before a request (and money) is spent, with a ``ValidationError``
-naming the field. Wire names (``image_url`` for an image's URL and so on) live in
-``_wire``, not here: these are the names Python code reads.
+naming the field; that includes a ``size`` its model cannot take, by the table
+``SIZE_RULES`` below. Wire names (``image_url`` for an image's URL and so on)
+live in ``_wire``, not here: these are the names Python code reads.
 """
 
 from __future__ import annotations
@@ -13,26 +14,102 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
 from ._errors import FluxError, ValidationError
 
 __all__ = [
+    "ASPECT_RATIOS",
+    "DEFAULT_MODEL",
+    "SIZE_RULES",
     "EditRequest",
     "GenerateRequest",
     "Image",
     "ImageRequest",
     "ImageResult",
     "Outcome",
+    "SizeRule",
     "Task",
     "TaskStatus",
+    "check_http_url",
+    "http_url_problem",
+    "size_problem",
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
-# "1024x1024" or an aspect ratio "16:9"; both numbers positive.
+# --- sizes per model ----------------------------------------------------------------
+
+ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
+
+
+@attrs.frozen
+class SizeRule:
+    """The sizes one model takes: ``WxH`` within bounds, or one of a few aspect ratios."""
+
+    min_side: int | None = None  # WxH: each side at least this...
+    max_side: int | None = None  # ...at most this (None: no documented maximum)...
+    multiple: int = 1  # ...and a multiple of this
+    ratios: tuple[str, ...] = ()  # set: an aspect ratio, one of these, and nothing else
+
+    def __str__(self) -> str:
+        if self.ratios:
+            return f"an aspect ratio, one of {' '.join(self.ratios)}"
+        bounds = f"{self.min_side}-{self.max_side}" if self.max_side else f">= {self.min_side}"
+        return f"WxH with each side {bounds} and a multiple of {self.multiple}"
+
+    def takes(self, size: str) -> bool:
+        if self.ratios:
+            return size in self.ratios
+        width, x, height = size.partition("x")
+        if not (x and width.isdigit() and height.isdigit()):
+            return False
+        low, high = self.min_side or 1, self.max_side or float("inf")
+        return all(low <= side <= high and side % self.multiple == 0
+                   for side in (int(width), int(height)))
+
+
+_FLUX_1 = SizeRule(min_side=256, max_side=1440, multiple=32)
+_FLUX_2 = SizeRule(min_side=64, multiple=32)
+_RATIO = SizeRule(ratios=ASPECT_RATIOS)
+
+# The vendor's documented models and the sizes each takes. A model not listed here
+# passes with the shape check alone: new models appear upstream before this table
+# learns them, and the service judges those itself (a 400, which costs nothing).
+SIZE_RULES: Mapping[str, SizeRule] = MappingProxyType({
+    # model                 size it takes
+    "flux-dev":             _FLUX_1,   # WxH, each side 256-1440, a multiple of 32
+    "flux-pro":             _FLUX_1,
+    "flux-pro-1.1":         _FLUX_1,
+    "flux-2-flex":          _FLUX_2,   # WxH, each side >= 64, a multiple of 32
+    "flux-2-pro":           _FLUX_2,
+    "flux-2-max":           _FLUX_2,
+    "flux-2-klein":         _FLUX_2,
+    "flux-pro-1.1-ultra":   _RATIO,    # an aspect ratio only: 1:1 16:9 21:9 ...
+    "flux-kontext-pro":     _RATIO,    # (kontext models also do the edits)
+    "flux-kontext-max":     _RATIO,
+})
+
+# What the service generates with when a request names no model. Its rule applies
+# then too: the service would refuse the size anyway (a 400 after a round trip),
+# and a caller who means another model names it. Edits get no default rule: which
+# model the service edits with when none is named is not documented.
+DEFAULT_MODEL = "flux-dev"
+
+# The shape every size has, whatever the model: "1024x1024" or "16:9".
 _SIZE = re.compile(r"^[1-9][0-9]{0,5}[x:][1-9][0-9]{0,5}$")
+
+
+def size_problem(model: str | None, size: str, *, action: str = "generate") -> str | None:
+    """Why ``model`` cannot take ``size`` (a sentence), or None when it can or is unknown."""
+    if model is None and action == "generate":
+        model = DEFAULT_MODEL
+    rule = SIZE_RULES.get(model) if model is not None else None
+    if rule is None or rule.takes(size):
+        return None
+    return f"{model} takes {rule}, got {size!r}"
 
 
 def _check_prompt(_: object, attribute: attrs.Attribute[str], value: object) -> None:
@@ -45,13 +122,18 @@ def _check_optional_text(_: object, attribute: attrs.Attribute[Any], value: obje
         raise ValidationError(attribute.name, "must be a non-empty string when given")
 
 
-def _check_size(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+def _check_size(request: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    # Runs after every field is set (attrs validates once all are assigned), and
+    # after ``model``'s own check, which comes first in both request classes.
     if value is None:
         return
     if not isinstance(value, str) or not _SIZE.match(value):
         raise ValidationError(
             attribute.name, f"must look like '1024x1024' or '16:9', got {value!r}"
         )
+    problem = size_problem(request.model, value, action=request.action)
+    if problem is not None:
+        raise ValidationError(attribute.name, problem)
 
 
 def _check_count(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -62,10 +144,27 @@ def _check_count(_: object, attribute: attrs.Attribute[Any], value: object) -> N
         raise ValidationError(attribute.name, f"must be a positive integer, got {value!r}")
 
 
+def http_url_problem(value: object) -> str | None:
+    """Why ``value`` is not an absolute http(s) URL with a host, or None if it is one."""
+    if not isinstance(value, str):
+        return f"must be an absolute http(s) URL string, got {type(value).__name__}"
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        return "must be an absolute http(s) URL without spaces or control characters"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return f"must be an absolute http(s) URL, got {value!r}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an absolute http(s) URL with a host, got {value!r}"
+    return None
+
+
 def check_http_url(field: str, value: object) -> None:
     """Raise ``ValidationError`` unless ``value`` is an absolute http(s) URL."""
-    if not isinstance(value, str) or not re.match(r"^https?://[^\s/?#]+\S*$", value):
-        raise ValidationError(field, f"must be an absolute http(s) URL, got {value!r}")
+    problem = http_url_problem(value)
+    if problem is not None:
+        raise ValidationError(field, problem)
 
 
 def _check_image_url(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -76,7 +175,9 @@ def _check_image_url(_: object, attribute: attrs.Attribute[Any], value: object) 
 class GenerateRequest:
     """Text to image: ``prompt`` with optional ``model``, ``size`` and ``count``.
 
-    Unknown model names are passed through (new ones appear upstream).
+    ``size`` must suit the model (``SIZE_RULES``; without a model, the service's
+    default ``flux-dev``). Unknown model names are passed through with only the
+    size's shape checked (new ones appear upstream).
     """
 
     prompt: str = attrs.field(validator=_check_prompt)
@@ -89,7 +190,11 @@ class GenerateRequest:
 
 @attrs.frozen
 class EditRequest:
-    """Edit the image at ``image_url`` as ``prompt`` says."""
+    """Edit the image at ``image_url`` as ``prompt`` says.
+
+    The documented edit models are ``flux-kontext-pro`` and ``flux-kontext-max``,
+    which take an aspect ratio as ``size``.
+    """
 
     prompt: str = attrs.field(validator=_check_prompt)
     image_url: str = attrs.field(validator=_check_image_url)

@@ -204,14 +204,18 @@ def _number(value: object) -> float | None:
     return None
 
 
-def read_task(task: Any) -> Task:
-    """A ``/flux/tasks`` task object as a ``Task``; any documented shape is accepted."""
+def read_task(task: Any, *, ended: bool = False) -> Task:
+    """A ``/flux/tasks`` task object as a ``Task``; any documented shape is accepted.
+
+    ``ended``: the object is known to be final though it carries no timestamp
+    (a result body); ``Task.finished_at`` stays what the wire said, a number or None.
+    """
     if not isinstance(task, Mapping):
         raise ProtocolError("a task is not a JSON object")
     task_id = task_id_of(task)
     if task_id is None:
         raise ProtocolError("a task object has no id")
-    status = classify(task)
+    status = classify(task, ended=ended)
     response = task.get("response")
     response = response if isinstance(response, Mapping) else {}
     trace_id = _text(task.get("trace_id")) or _text(response.get("trace_id"))
@@ -238,7 +242,8 @@ def read_result_body(body: Any) -> Task:
     """A final result body (a callback's POST, a held-open answer) as a ``Task``.
 
     It has the shape of a task's ``response``, so it is read by the same rules;
-    arriving at all means the task ended, hence ``finished_at`` is implied.
+    arriving at all means the task ended. It carries no timestamp, so the
+    ``Task``'s ``finished_at`` is None.
     """
     if not isinstance(body, Mapping):
         raise ProtocolError("a result body is not a JSON object")
@@ -246,7 +251,7 @@ def read_result_body(body: Any) -> Task:
     if task_id is None:
         raise ProtocolError("a result body has no task_id")
     return read_task(
-        {"id": task_id, "trace_id": body.get("trace_id"), "response": body, "finished_at": True}
+        {"id": task_id, "trace_id": body.get("trace_id"), "response": body}, ended=True
     )
 
 

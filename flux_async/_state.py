@@ -36,20 +36,31 @@ class Facts:
     success: bool | None  # response.success when it is a bool
     has_error: bool  # response.error is an object
     has_images: bool  # response.data is a non-empty list
-    finished: bool  # finished_at is present and not null
+    finished: bool  # the task ended: finished_at or elapsed has a value (null is none)
 
 
 def _word(*places: Mapping[str, Any]) -> str | None:
+    # The vendor's ``state`` is the empty string while pending: that says nothing
+    # the structure does not, so it counts as no word (see RULES).
     for place in places:
         for key in ("status", "state"):
             value = place.get(key)
-            if isinstance(value, str) and value:
+            if isinstance(value, str) and value.strip():
                 return value.strip().lower()
     return None
 
 
-def facts_of(task: Mapping[str, Any]) -> Facts:
-    """Read the facts the rules need; any shape is accepted, none raises."""
+def _has_value(value: object) -> bool:
+    # ``finished_at: null`` (and ``elapsed: null``) is how a running task says "not yet".
+    return value is not None and value != "" and value is not False
+
+
+def facts_of(task: Mapping[str, Any], *, ended: bool = False) -> Facts:
+    """Read the facts the rules need; any shape is accepted, none raises.
+
+    ``ended`` says the object is known to be final without a timestamp to show
+    for it (a callback's body: the service posts it when the task ends).
+    """
     response = task.get("response")
     if not isinstance(response, Mapping):
         # Missing, null or something odd: the task has not answered yet.
@@ -61,32 +72,49 @@ def facts_of(task: Mapping[str, Any]) -> Facts:
         success=success if isinstance(success, bool) else None,
         has_error=isinstance(response.get("error"), Mapping),
         has_images=isinstance(data, list) and len(data) > 0,
-        finished=task.get("finished_at") is not None or response.get("finished_at") is not None,
+        finished=ended or any(
+            _has_value(place.get(key))
+            for place in (task, response)
+            for key in ("finished_at", "elapsed")
+        ),
     )
 
 
 Rule = tuple[str, Callable[[Facts], bool], TaskStatus]
 
-# First match wins. A status word outranks the structure when present: services
-# that send one mean it. ``success: false`` alone (no error object, not finished)
-# is not trusted as final: some services set it for a passing hiccup.
+# First match wins. A status word (``status``, or the vendor's top-level ``state``)
+# outranks the structure when present: services that send one mean it. The empty
+# ``state`` of a pending task is no word at all, so the structure decides: a task
+# whose images are there is read as succeeded even if ``state`` lags behind, since
+# missing them would lose a paid result.
+#
+# A bare ``success: false`` (no error object, no finished_at/elapsed, no word) is
+# read as still running. The vendor's own clients disagree here (its SDK keeps
+# polling, its MCP server calls it failed); the costs decide. Read as running when
+# it was final, the wait ends at its deadline with a ``TaskTimeoutError`` naming
+# the task, and nothing is charged (failed tasks are not billed). Read as failed
+# when it was a passing hiccup, the task may still succeed and be billed while the
+# caller was told it failed, and its images are lost. Polling on loses time, the
+# other choice can lose money.
 RULES: tuple[Rule, ...] = (
     ("failure word", lambda f: f.word in FAILED_WORDS, TaskStatus.FAILED),
     ("success word with images", lambda f: f.word in SUCCEEDED_WORDS and f.has_images,
      TaskStatus.SUCCEEDED),
     ("success word without images", lambda f: f.word in SUCCEEDED_WORDS, TaskStatus.FAILED),
     ("running word", lambda f: f.word in RUNNING_WORDS, TaskStatus.PENDING),
-    ("error object", lambda f: f.success is False and (f.has_error or f.finished),
-     TaskStatus.FAILED),
+    # An error object is final with or without ``success: false`` beside it (the
+    # vendor's error bodies come both ways); ``success: false`` alone only once ended.
+    ("error object", lambda f: (f.has_error and f.success is not True)
+     or (f.success is False and f.finished), TaskStatus.FAILED),
     ("images", lambda f: f.success is not False and f.has_images, TaskStatus.SUCCEEDED),
     ("finished without images", lambda f: f.finished, TaskStatus.FAILED),
     ("nothing final yet", lambda f: True, TaskStatus.PENDING),
 )
 
 
-def classify(task: Mapping[str, Any]) -> TaskStatus:
+def classify(task: Mapping[str, Any], *, ended: bool = False) -> TaskStatus:
     """The status of one task object, by the first rule in ``RULES`` that matches."""
-    facts = facts_of(task)
+    facts = facts_of(task, ended=ended)
     for _name, matches, status in RULES:
         if matches(facts):
             return status

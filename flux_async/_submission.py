@@ -5,9 +5,16 @@ question is whether the service may have created a task:
 
 - it provably did not (the connection was never made, or it answered 429):
   re-send, after the pause or backoff;
-- nobody can tell (a reset or timeout after sending, a 5xx, a garbled answer):
-  do not re-send, raise ``SubmissionUncertainError``, unless the user opted in
-  with ``resend_uncertain``;
+- the service said, in its own error body, that nothing will be billed: a
+  ``504`` with code ``timeout`` (``UpstreamTimeoutError``: the upstream model
+  timed out and the task did not complete). Its billing rules charge per image
+  of a task that *succeeds*, and name upstream timeouts as not billed; so even
+  if a task record exists it cannot be charged, and a re-send cannot pay twice.
+  Re-send, like a connect error (after the backoff, within ``max_retries``);
+- nobody can tell (a reset or timeout after sending, a 5xx, a garbled answer,
+  a 504 that is a gateway's page rather than the vendor's ``timeout``): do not
+  re-send, raise ``SubmissionUncertainError``, unless the user opted in with
+  ``resend_uncertain``;
 - the service refused it (any other error): raise it, nothing to retry.
 
 ``verdict`` is that table as a plain function; ``Submitter`` applies it with the
@@ -42,6 +49,7 @@ from ._errors import (
     ServerError,
     SubmissionUncertainError,
     TaskTimeoutError,
+    UpstreamTimeoutError,
 )
 from ._limits import Backoff, RateLimiter, remaining
 from ._models import ImageRequest
@@ -98,6 +106,8 @@ class Resend(enum.Enum):
 _TABLE: tuple[tuple[type[BaseException], Resend], ...] = (
     (ConnectError, Resend.SAFE),
     (RateLimitError, Resend.SAFE),
+    # Before ServerError, its base: the vendor's "not billed" outranks "a 5xx".
+    (UpstreamTimeoutError, Resend.SAFE),
     (NetworkError, Resend.UNCERTAIN),
     (RequestTimeoutError, Resend.UNCERTAIN),
     (ProtocolError, Resend.UNCERTAIN),

@@ -84,3 +84,40 @@ class Transport:
             raise NetworkError(f"connection to {url} failed: {type(exc).__name__}") from exc
         except OSError as exc:
             raise NetworkError(f"connection to {url} failed: {exc.strerror or exc}") from exc
+
+    async def post_form(
+        self, url: str, body: bytes, content_type: str, *, timeout: aiohttp.ClientTimeout
+    ) -> Reply:
+        """POST a prepared (multipart) body to a full URL with the API's headers.
+
+        For uploads, whose host may differ from the API's. The answer is read
+        whole, up to ``MAX_ANSWER_BYTES``.
+        """
+        headers = {**self._headers, "content-type": content_type}
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=timeout
+            ) as response:
+                length = response.content_length
+                if length is not None and length > MAX_ANSWER_BYTES:
+                    raise ProtocolError(
+                        f"answer of {length} bytes is too large", status=response.status
+                    )
+                received = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    received += chunk
+                    if len(received) > MAX_ANSWER_BYTES:
+                        raise ProtocolError("answer is too large", status=response.status)
+                return Reply(response.status, response.headers, bytes(received))
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectError(f"cannot connect to {url}: {exc.os_error}") from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise ConnectError(f"connecting to {url} timed out") from exc
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+            raise RequestTimeoutError(f"no answer from {url} in time") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise ProtocolError(f"answer from {url} was cut off: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise NetworkError(f"connection to {url} failed: {type(exc).__name__}") from exc
+        except OSError as exc:
+            raise NetworkError(f"connection to {url} failed: {exc.strerror or exc}") from exc

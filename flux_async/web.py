@@ -54,17 +54,11 @@ changes nothing.
 
 from __future__ import annotations
 
-import inspect
-import json
-import logging
-from collections import Counter
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
 from ._callbacks import MAX_CALLBACK_BYTES, TOKEN_PARAM, CallbackVerdict
 from ._client import FluxClient
-from ._models import Task
+from ._receiver import CONTENT_TYPE, Receiver, UnclaimedHook
 
 __all__ = [
     "CALLBACK_RECEIVER",
@@ -77,15 +71,11 @@ __all__ = [
     "callback_app",
 ]
 
-log = logging.getLogger("flux_async")
-
-UnclaimedHook = Callable[[Task], Awaitable[None] | None]
-
 #: Where the receiver looks for its client (through sub-apps too) when not given one.
 FLUX_CLIENT = web.AppKey("flux_async.client", FluxClient)
 
 
-class CallbackReceiver:
+class CallbackReceiver(Receiver):
     """The aiohttp handler of callbacks: ``handle`` is the route's handler.
 
     ``client`` is the ``FluxClient`` the callbacks belong to; when ``None`` it is
@@ -95,69 +85,17 @@ class CallbackReceiver:
     ``duplicate``, ``unclaimed``, ``rejected``) for metrics and tests.
     """
 
-    def __init__(
-        self,
-        client: FluxClient | None = None,
-        *,
-        on_unclaimed: UnclaimedHook | None = None,
-        max_body: int = MAX_CALLBACK_BYTES,
-    ) -> None:
-        if max_body < 1:
-            raise ValueError("max_body must be positive")
-        self.client = client
-        self.on_unclaimed = on_unclaimed
-        self.max_body = max_body
-        self.counts: Counter[str] = Counter()
-
-    def __repr__(self) -> str:
-        return f"<CallbackReceiver max_body={self.max_body} counts={dict(self.counts)}>"
-
     async def handle(self, request: web.Request) -> web.Response:
         client = self.client if self.client is not None else request.config_dict.get(FLUX_CLIENT)
-        if client is None:
-            return _answer(503, "rejected", "no FluxClient is attached to this app yet")
-        body = await self._read(request)
-        if body is None:
-            self.counts["rejected"] += 1
-            return _answer(413, "rejected", f"the body is over {self.max_body} bytes")
-        verdict = client.receive_callback(request.query.get(TOKEN_PARAM), body)
-        if verdict.kind == "unclaimed" and self.on_unclaimed is not None:
-            assert verdict.task is not None
-            try:
-                outcome = self.on_unclaimed(verdict.task)
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception:
-                log.exception("the on_unclaimed hook failed for task %s", verdict.task.id)
-                self.counts["hook_failed"] += 1
-                return _answer(500, "unclaimed", "the hook failed")
-            self.counts["unclaimed"] += 1
-            return _answer(200, "unclaimed", "handed to the on_unclaimed hook")
-        self.counts[verdict.kind] += 1
-        if not verdict.accepted:
-            log.info("callback refused (%d): %s", verdict.status, verdict.reason)
-        return _answer(verdict.status, verdict.kind, verdict.reason)
-
-    async def _read(self, request: web.Request) -> bytes | None:
-        """The body, or None when it is over the cap (read no further than the cap)."""
-        length = request.content_length
-        if length is not None and length > self.max_body:
-            return None
-        body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > self.max_body:
-                return None
-        return bytes(body)
+        answer = await self.receive(
+            client, request.query.get(TOKEN_PARAM), request.content_length,
+            request.content.iter_any(),
+        )
+        return web.Response(status=answer.status, text=answer.text, content_type=CONTENT_TYPE)
 
 
 #: Where ``add_callback_route`` and ``callback_app`` leave their receiver.
 CALLBACK_RECEIVER = web.AppKey("flux_async.callback_receiver", CallbackReceiver)
-
-
-def _answer(status: int, kind: str, reason: str) -> web.Response:
-    body = json.dumps({"ok": status < 400, "result": kind, "reason": reason})
-    return web.Response(status=status, text=body, content_type="application/json")
 
 
 def add_callback_route(

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from flux_async import FluxClient, GenerateRequest, Task, TaskFailedError, TaskStatus
+from flux_async._receiver import Receiver
 from flux_async.testing import Faults, LocalFluxServer, ServerSettings
 from flux_async.web import (
     CALLBACK_RECEIVER,
@@ -183,29 +184,41 @@ FORGERIES: dict[str, tuple[Forgery, int]] = {
 }
 
 
-@pytest.mark.parametrize("kind", list(FORGERIES))
-async def test_a_forged_callback_changes_nothing(kind: str) -> None:
+async def forge(
+    kind: str, server: LocalFluxServer, client: FluxClient, receiver: Receiver,
+    urls: dict[str, str],
+) -> None:
+    """Post the forgery ``kind`` at a running task; check it changed nothing.
+
+    ``urls`` maps each submitted prompt to its callback URL. Shared by every
+    receiver's tests (aiohttp here, Starlette in test_asgi).
+    """
     build, status = FORGERIES[kind]
-    async with LocalFluxServer(ServerSettings(generation_time=60.0, seed=14)) as server:
-        async with receiving(server) as (client, receiver, sent):
-            target = await client.submit(GenerateRequest("target"))
-            await client.submit(GenerateRequest("other"))
-            url, body = build(sent.urls["target"], sent.urls["other"], target.id)
-            if isinstance(body, list):  # sent chunked: no Content-Length to judge by
-                data: Any = chunked(body)
-            else:
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            async with aiohttp.ClientSession() as session:
-                async with session.post(url, data=data) as response:
-                    assert response.status == status, await response.text()
-                    assert (await response.json())["ok"] is False
-            assert client.in_flight == 2  # neither task resolved
-            assert sum(receiver.counts.values()) == 1
-            assert receiver.counts["resolved"] == receiver.counts["held"] == 0
-            await server.finish_all()
-            result = await client.wait(target, timeout=10)
+    target = await client.submit(GenerateRequest("target"))
+    await client.submit(GenerateRequest("other"))
+    url, body = build(urls["target"], urls["other"], target.id)
+    if isinstance(body, list):  # sent chunked: no Content-Length to judge by
+        data: Any = chunked(body)
+    else:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=data) as response:
+            assert response.status == status, await response.text()
+            assert (await response.json())["ok"] is False
+    assert client.in_flight == 2  # neither task resolved
+    assert sum(receiver.counts.values()) == 1
+    assert receiver.counts["resolved"] == receiver.counts["held"] == 0
+    await server.finish_all()
+    result = await client.wait(target, timeout=10)
     assert result.urls == [server.image_url(f"{target.id}-0.png")]
     assert queries(server) == 0
+
+
+@pytest.mark.parametrize("kind", list(FORGERIES))
+async def test_a_forged_callback_changes_nothing(kind: str) -> None:
+    async with LocalFluxServer(ServerSettings(generation_time=60.0, seed=14)) as server:
+        async with receiving(server) as (client, receiver, sent):
+            await forge(kind, server, client, receiver, sent.urls)
 
 
 async def test_a_task_submitted_without_a_callback_refuses_one() -> None:

@@ -296,7 +296,7 @@ async def test_a_session_passed_in_is_left_open(flux_server: LocalFluxServer) ->
 async def test_closing_leaves_no_tasks_and_fails_waiters(
     flux_server: LocalFluxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="flux_async")
+    caplog.set_level(logging.INFO, logger="flux_async")
     flux_server.settings.generation_time = 30.0
     before = asyncio.all_tasks()
     client = client_for(flux_server)

@@ -109,7 +109,7 @@ async def test_every_created_task_reaches_the_caller_whatever_cancels_it(
 async def test_closing_lets_a_paid_post_answer_and_names_its_task(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="flux_async")
+    caplog.set_level(logging.INFO, logger="flux_async")
     settings = ServerSettings(generation_time=30.0, submit_answer_delay=0.5, seed=33)
     before = asyncio.all_tasks()
     async with LocalFluxServer(settings) as server:

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import email.utils
 import json
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from flux_async import (
     APIError,
     AuthenticationError,
     BadRequestError,
     EditRequest,
+    FluxClient,
+    ForbiddenError,
     GenerateRequest,
     InsufficientBalanceError,
     NotFoundError,
     ProtocolError,
     RateLimitError,
     ServerError,
+    SubmissionUncertainError,
     TaskStatus,
+    UpstreamTimeoutError,
 )
 from flux_async._protocol import (
     decode_answer,
@@ -32,6 +38,9 @@ from flux_async._protocol import (
     retrieve_batch_body,
     submit_body,
 )
+from flux_async._submission import Resend, verdict
+
+from .conftest import serve
 
 
 def _error_body(code: str, message: str = "msg", trace_id: str = "tr-1") -> bytes:
@@ -76,11 +85,13 @@ ERROR_ROWS = [
     (401, "token_expired", AuthenticationError),
     (401, "token_mismatched", AuthenticationError),
     (403, "used_up", InsufficientBalanceError),
+    (403, "forbidden", ForbiddenError),
     (404, "no_api", NotFoundError),
     (404, "not_found", NotFoundError),
     (429, "too_many_requests", RateLimitError),
     (429, "rate_limited", RateLimitError),
     (500, "api_error", ServerError),
+    (504, "timeout", UpstreamTimeoutError),
 ]
 
 
@@ -88,6 +99,7 @@ ERROR_ROWS = [
 def test_error_rows_map_to_typed_errors(status: int, code: str, cls: type[APIError]) -> None:
     with pytest.raises(cls) as info:
         decode_answer(status, {}, _error_body(code, "it broke", "trace-9"), now=0.0)
+    assert type(info.value) is cls  # not merely a subclass: ForbiddenError is no balance error
     err = info.value
     assert (err.status, err.code, err.message) == (status, code, "it broke")
     assert err.trace_id == "trace-9"
@@ -183,3 +195,132 @@ def test_callback_bodies() -> None:
     bad = read_result_body({"success": False, "task_id": "t",
                             "error": {"code": "x", "message": "y"}})
     assert bad.status is TaskStatus.FAILED
+
+
+def test_a_403_is_a_balance_problem_only_when_the_service_says_used_up() -> None:
+    assert type(error_from_answer(403, {}, _error_body("whatever"), now=0.0)) is ForbiddenError
+    page = b"<html><body><h1>403 Forbidden</h1></body></html>"
+    assert type(error_from_answer(403, {}, page, now=0.0)) is ForbiddenError
+    assert not issubclass(ForbiddenError, InsufficientBalanceError)
+
+
+def test_only_the_vendors_504_timeout_is_an_upstream_timeout() -> None:
+    page = b"<html><head><title>504 Gateway Time-out</title></head></html>"
+    assert type(error_from_answer(504, {}, page, now=0.0)) is ServerError
+    # The code without the status (or the status without the code) is not the statement.
+    assert type(error_from_answer(500, {}, _error_body("timeout"), now=0.0)) is ServerError
+    assert type(error_from_answer(504, {}, _error_body("api_error"), now=0.0)) is ServerError
+    assert isinstance(error_from_answer(504, {}, _error_body("timeout"), now=0.0), ServerError)
+
+
+def test_a_resend_follows_the_billing_rules() -> None:
+    assert verdict(UpstreamTimeoutError("timed out", status=504, code="timeout")) is Resend.SAFE
+    assert verdict(ServerError("gateway page", status=504)) is Resend.UNCERTAIN
+    assert verdict(ForbiddenError("refused", status=403, code="forbidden")) is Resend.NEVER
+
+
+def test_error_bodies_read_with_and_without_success_false() -> None:
+    bare = {"error": {"code": "bad_request", "message": "size"}, "trace_id": "t1"}
+    flagged = {"success": False, **bare}
+    for body in (bare, flagged):
+        err = error_from_answer(400, {}, json.dumps(body).encode(), now=0.0)
+        assert (type(err), err.code, err.message, err.trace_id) == (
+            BadRequestError, "bad_request", "size", "t1")
+
+
+@pytest.mark.parametrize(
+    ("code", "limit"),
+    [("rate_limited", "concurrency"), ("too_many_requests", "rate"), ("other", None)],
+)
+def test_a_429_says_which_limit(code: str, limit: str | None) -> None:
+    err = error_from_answer(429, {}, _error_body(code), now=0.0)
+    assert isinstance(err, RateLimitError)
+    assert err.limit == limit
+    assert err.retry_after is None  # none documented, none came
+
+
+def test_a_callback_body_has_no_made_up_timestamp() -> None:
+    task = read_result_body({"success": True, "task_id": "t",
+                             "data": [{"prompt": "p", "image_url": "https://c/1.png"}]})
+    assert task.status is TaskStatus.SUCCEEDED
+    assert task.finished_at is None
+    assert "finished_at" not in task.raw
+    # Ended, even with nothing but a bare success: false.
+    assert read_result_body({"success": False, "task_id": "t"}).status is TaskStatus.FAILED
+
+
+def test_a_pending_task_with_null_timestamps_and_an_empty_state() -> None:
+    task = read_task({"id": "t", "type": "images", "created_at": 1.0, "finished_at": None,
+                      "elapsed": None, "state": "", "request": {}, "trace_id": "tr"})
+    assert task.status is TaskStatus.PENDING
+    assert task.finished_at is None
+
+
+# --- over real sockets: what each answer does to a submission -----------------------------
+
+
+def _answering(*answers: tuple[int, Any]) -> tuple[web.Application, list[int]]:
+    """An app answering /flux/images with ``answers`` in turn (then the last one again)."""
+    seen: list[int] = []
+
+    async def images(request: web.Request) -> web.Response:
+        await request.read()
+        status, body = answers[min(len(seen), len(answers) - 1)]
+        seen.append(status)
+        if isinstance(body, bytes):
+            return web.Response(status=status, body=body, content_type="text/html")
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_post("/flux/images", images)
+    return app, seen
+
+
+_DONE = {"success": True, "task_id": "t-1", "trace_id": "tr",
+         "data": [{"prompt": "p", "image_url": "https://cdn.example/1.png"}]}
+_UPSTREAM_TIMEOUT = {"success": False, "trace_id": "tr-504",
+                     "error": {"code": "timeout", "message": "upstream model timed out"}}
+
+
+@pytest.mark.anyio
+async def test_a_504_timeout_submission_is_sent_again() -> None:
+    app, seen = _answering((504, _UPSTREAM_TIMEOUT), (200, _DONE))
+    async with serve(app) as url:
+        async with FluxClient("k", base_url=url, submit_rate=None, retry_backoff=0.01) as client:
+            result = await client.generate("p")
+    assert result.task_id == "t-1"
+    assert seen == [504, 200]
+
+
+@pytest.mark.anyio
+async def test_a_504_timeout_every_time_ends_in_the_typed_error_within_max_retries() -> None:
+    app, seen = _answering((504, _UPSTREAM_TIMEOUT))
+    async with serve(app) as url:
+        client = FluxClient("k", base_url=url, submit_rate=None, retry_backoff=0.01, max_retries=3)
+        async with client:
+            with pytest.raises(UpstreamTimeoutError) as info:
+                await client.generate("p")
+    assert info.value.trace_id == "tr-504"
+    assert seen == [504, 504, 504]
+
+
+@pytest.mark.anyio
+async def test_a_gateway_504_page_is_uncertain_and_not_sent_again() -> None:
+    page = b"<html><head><title>504 Gateway Time-out</title></head></html>"
+    app, seen = _answering((504, page), (200, _DONE))
+    async with serve(app) as url:
+        async with FluxClient("k", base_url=url, submit_rate=None, retry_backoff=0.01) as client:
+            with pytest.raises(SubmissionUncertainError):
+                await client.generate("p")
+    assert seen == [504]
+
+
+@pytest.mark.anyio
+async def test_a_403_forbidden_is_raised_as_such_and_not_sent_again() -> None:
+    body = {"success": False, "error": {"code": "forbidden", "message": "content refused"}}
+    app, seen = _answering((403, body), (200, _DONE))
+    async with serve(app) as url:
+        async with FluxClient("k", base_url=url, submit_rate=None) as client:
+            with pytest.raises(ForbiddenError, match="content refused"):
+                await client.generate("p")
+    assert seen == [403]

@@ -15,12 +15,16 @@ EXPECTED = {
     "MapEvent", "MapProgress", "NetworkError", "NotFoundError", "Outcome", "ProtocolError",
     "RateLimitError", "RequestTimeoutError", "ServerError", "SubmissionUncertainError", "Task",
     "TaskError", "TaskErrorInfo", "TaskFailedError", "TaskStatus", "TaskTimeoutError",
-    "TransportError", "ValidationError", "__version__",
+    "TransportError", "ValidationError", "__version__", "LocalImage",
     # web servers: callbacks and downloads
     "CallbackVerdict", "DownloadError", "ImageTooLargeError", "NotAnImageError",
     # errors that end the wait for one task, naming it
     "TaskAuthenticationError", "TaskClosedError", "TaskInsufficientBalanceError",
     "TaskNotFoundError", "TaskProtocolError",
+    # the vendor's 403 forbidden and 504 timeout
+    "ForbiddenError", "UpstreamTimeoutError",
+    # settings: the validated value, and the typed "use the client's default"
+    "ClientSettings", "USE_CLIENT_DEFAULT", "UseClientDefault",
 }
 
 
@@ -61,3 +65,46 @@ def test_key_and_base_url_come_from_the_environment(monkeypatch: pytest.MonkeyPa
 def test_the_default_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLUX_ASYNC_BASE_URL", raising=False)
     assert flux_async.FluxClient("k").base_url == "https://api.acedata.cloud"
+
+
+def test_settings_are_one_frozen_value_and_hide_the_callback_secret() -> None:
+    import attrs
+
+    client = flux_async.FluxClient(
+        "k", base_url="http://127.0.0.1:9/", poll_interval=2, batch_size=20,
+        callback_secret="s3cret-s3cret-s3cret",
+    )
+    settings = client.settings
+    assert isinstance(settings, flux_async.ClientSettings)
+    assert (settings.base_url, settings.poll_interval, settings.batch_size) == (
+        "http://127.0.0.1:9", 2, 20)
+    assert (client.base_url, client.max_concurrency, client.timeout) == (
+        "http://127.0.0.1:9", 10, 600.0)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        settings.poll_interval = 0  # type: ignore[misc]
+    assert "s3cret" not in repr(settings)
+    assert "s3cret" not in repr(vars(client))
+    assert flux_async.ClientSettings().batch_size == 50  # the vendor's recommended most
+
+
+def test_the_default_marker_is_typed_and_reads_well() -> None:
+    assert isinstance(flux_async.USE_CLIENT_DEFAULT, flux_async.UseClientDefault)
+    assert repr(flux_async.USE_CLIENT_DEFAULT) == "USE_CLIENT_DEFAULT"
+    assert flux_async.ClientSettings(timeout=float("inf")).timeout is None  # inf: no deadline
+
+
+def test_an_empty_base_url_argument_is_refused_not_replaced_by_the_paid_service() -> None:
+    with pytest.raises(flux_async.ConfigurationError) as info:
+        flux_async.FluxClient("k", base_url="")
+    assert info.value.field == "base_url"
+
+
+def test_a_key_from_the_environment_with_a_newline_is_refused_unquoted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ACEDATACLOUD_API_TOKEN", "sk-env-secret-4242\n")
+    with pytest.raises(flux_async.ConfigurationError) as info:
+        flux_async.FluxClient()
+    assert info.value.field == "api_key"
+    assert "$ACEDATACLOUD_API_TOKEN" in str(info.value)
+    assert "sk-env-secret" not in str(info.value)

@@ -4,8 +4,11 @@ Built on the public API of ``flux_async`` (and ``flux_async.testing`` for
 ``--local`` and ``serve``) only. ``main()`` maps every outcome to an exit status
 and never lets a traceback out unless ``--debug`` asks for it:
 
-* 0 everything done; 1 something failed (a task, a download, a batch line);
-* 2 bad usage or configuration (unknown option, missing key, unreadable file);
+* 0 everything done; 1 something failed (a task, a download, a batch line, or a
+  batch stopped early because every later line would fail: key, balance, disk);
+* 2 bad usage or configuration, found before any request (unknown option, bad
+  value, missing key, unreadable file, unwritable --out, a manifest written for
+  other requests, another batch on the same --out);
 * 130 interrupted by Ctrl-C (143 by SIGTERM).
 """
 
@@ -22,11 +25,12 @@ from flux_async import ConfigurationError, FluxError, GenerateRequest, Validatio
 
 from ._args import UsageError, build_parser
 from ._batch import run_batch
-from ._commands import edit, generate, serve, task_get, task_wait
+from ._commands import edit, gallery, generate, serve, task_get, task_wait
 from ._connect import check_key
-from ._input import Defaults, InputError, parse_lines, read_source
-from ._ledger import Ledger, LedgerBusyError
+from ._input import Defaults, Entry, InputError, parse_lines, read_source
+from ._ledger import UNREADABLE_NAME, Ledger, LedgerBusyError
 from ._output import PROG, error, warn
+from ._plan import changed_lines
 
 __all__ = ["main"]
 
@@ -40,7 +44,9 @@ def batch(args: argparse.Namespace) -> int:
     GenerateRequest("check", model=args.model, size=args.size, count=args.count)
     text, by_name = read_source(args.file)
     defaults = Defaults(model=args.model, size=args.size, count=args.count)
-    entries = parse_lines(text, jsonl=True if by_name else None, defaults=defaults)
+    # A line's image path is relative to the batch file's directory.
+    base = None if args.file == "-" else Path(args.file).resolve().parent
+    entries = parse_lines(text, jsonl=True if by_name else None, defaults=defaults, base=base)
     if not entries:
         raise UsageError(f"{'standard input' if args.file == '-' else args.file} has no prompts")
     out = Path(args.out)
@@ -51,20 +57,40 @@ def batch(args: argparse.Namespace) -> int:
         ledger.open()
     except OSError as exc:
         raise UsageError(f"cannot use {out} for the manifest: {exc.strerror or exc}") from None
+    except ImportError as exc:  # the cli extra is not installed
+        raise UsageError(str(exc)) from None
     try:
         if ledger.torn:
-            warn(f"{ledger.path}: ignored {ledger.torn} unreadable record(s), such as one "
-                 "torn by a killed run; those lines run again")
+            salvaged = (f", {ledger.salvaged} of them with a task id recovered"
+                        if ledger.salvaged else "")
+            warn(f"{ledger.path}: {ledger.torn} unreadable record(s), such as one torn by a "
+                 f"killed run{salvaged}; copied to {out / UNREADABLE_NAME}; lines without a "
+                 "readable record run again")
+        changed = changed_lines(entries, ledger)
+        if changed and not args.allow_changed:
+            raise UsageError(_changed_message(args.file, ledger, changed))
         return run_batch(args, entries, ledger)
     finally:
         ledger.close()
+
+
+def _changed_message(source: str, ledger: Ledger, changed: list[Entry]) -> str:
+    lines = ", ".join(str(e.line) for e in changed[:5]) + (", ..." if len(changed) > 5 else "")
+    name = "standard input" if source == "-" else source
+    return (
+        f"{ledger.path} was written for other requests: {len(changed)} line(s) of {name} "
+        f"(line {lines}) differ from the requests it holds task ids for. Nothing was sent. "
+        "To run this file, pick another --out; to resume the earlier job, run it with its "
+        "own input file. --allow-changed runs the changed lines as new (paid) tasks and "
+        "keeps the earlier records and task ids in the manifest."
+    )
 
 
 def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
     if args.command == "task":
         return task_get if args.task_command == "get" else task_wait
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "generate": generate, "edit": edit, "batch": batch, "serve": serve,
+        "generate": generate, "edit": edit, "batch": batch, "serve": serve, "gallery": gallery,
     }
     return commands[args.command]
 
@@ -103,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     try:
-        if args.command != "serve":
+        if args.command not in ("serve", "gallery"):
             check_key(args)  # first: before reading input or starting anything
         return _command(args)(args)
     except KeyboardInterrupt:  # only where the loop cannot catch signals (Windows)

@@ -1,4 +1,5 @@
-"""The command line: ``flux-async generate | edit | batch | task get | task wait | serve``.
+"""The command line: ``flux-async generate | edit | batch | gallery | task get | task wait |
+serve``.
 
 Options that say where and how to connect live on a parent parser shared by
 every command, so ``--local`` and ``--json`` work after any command name.
@@ -8,30 +9,33 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from flux_async import __version__
+from flux_async._client import API_KEY_ENV, BASE_URL_ENV
 
 __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
     "UsageError",
+    "base_url_problem",
     "build_parser",
+    "check_out_dir",
     "generation_time",
     "rate",
 ]
-
-# The environment the library reads (flux_async.FluxClient documents both).
-API_KEY_ENV = "ACEDATACLOUD_API_TOKEN"
-BASE_URL_ENV = "FLUX_ASYNC_BASE_URL"
 
 _EPILOG = f"""\
 The API key is read from ${API_KEY_ENV}; prefer it to --api-key, which
 other users of the machine can see in the process list. --local runs everything
 against a bundled local server instead: no key, no network, real PNG files.
 
-exit status: 0 all done, 1 something failed, 2 bad usage or configuration,
-130 interrupted (Ctrl-C).
+exit status: 0 all done; 1 something failed (or a batch stopped early: key
+refused, balance used up, disk full); 2 bad usage or configuration, found before
+any request; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 
@@ -79,6 +83,92 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _text(what: str) -> Callable[[str], str]:
+    """A parser of a non-empty string without spaces or control characters: an empty
+    value is most often an unset shell variable, and would silently mean a default."""
+
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"must not be empty (expected {what})")
+        if any(c.isspace() or not c.isprintable() for c in text):
+            raise argparse.ArgumentTypeError(
+                f"must not contain spaces or control characters (expected {what})")
+        return text
+
+    return parse
+
+
+_task_id = _text("a task id")
+_host = _text("a host name or address, such as 127.0.0.1 or 0.0.0.0")
+
+
+def _path(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"must not be empty (expected {what})")
+        return text
+
+    return parse
+
+
+_directory = _path("a directory")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return value
+
+
+def base_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as the API's base URL, or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http(s) URL such as https://api.acedata.cloud, got {url!r}"
+    if any(c.isspace() for c in url):
+        return "must not contain spaces"
+    return None
+
+
+def _base_url(text: str) -> str:
+    problem = base_url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def check_out_dir(directory: str, option: str = "--out") -> Path:
+    """Create ``directory`` if needed and make sure a file can be written there, before
+    anything is paid for: images that cannot be saved are lost money."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".flux-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {directory}: cannot write there: "
+                         f"{exc.strerror or exc}") from None
+    return path
+
+
 def generation_time(text: str) -> tuple[float, float]:
     """``2`` (always 2 s) or ``1,3`` (uniformly between 1 and 3 s)."""
     parts = text.split(",")
@@ -107,11 +197,11 @@ def _common() -> argparse.ArgumentParser:
         metavar="SECONDS|LO,HI", help="how long a --local generation takes (default 1,3)",
     )
     where.add_argument(
-        "--base-url", metavar="URL",
+        "--base-url", metavar="URL", type=_base_url,
         help=f"API base URL (default ${BASE_URL_ENV}, then https://api.acedata.cloud)",
     )
     where.add_argument(
-        "--api-key", metavar="KEY",
+        "--api-key", metavar="KEY", type=_text("an API key"),
         help=f"API key; prefer ${API_KEY_ENV}, command lines are visible to other users",
     )
     where.add_argument(
@@ -154,17 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("prompt", metavar="PROMPT")
     _request_options(generate, count=True)
-    generate.add_argument("--out", default=".", metavar="DIR", help="where images go (.)")
+    generate.add_argument("--out", default=".", type=_directory, metavar="DIR",
+                          help="where images go (.)")
     generate.add_argument("--no-download", action="store_true", help="print URLs only")
 
     edit = commands.add_parser(
         "edit", parents=[common], help="edit an image by prompt",
-        description="Edit the image at --image-url as PROMPT says; download the result.",
+        description="Edit the image (a local file, uploaded first, or an http(s) URL) as "
+        "PROMPT says; download the result.",
     )
     edit.add_argument("prompt", metavar="PROMPT")
-    edit.add_argument("--image-url", required=True, metavar="URL", help="the image to edit")
+    image = edit.add_mutually_exclusive_group(required=True)
+    image.add_argument("--image", metavar="FILE|URL",
+                       help="the image to edit: a PNG, JPEG, WebP or GIF file (at most 25 MB, "
+                       "uploaded first) or an http(s) URL")
+    image.add_argument("--image-url", metavar="URL", help="the image to edit, by URL")
     _request_options(edit, count=False)
-    edit.add_argument("--out", default=".", metavar="DIR", help="where images go (.)")
+    edit.add_argument("--out", default=".", type=_directory, metavar="DIR",
+                      help="where images go (.)")
     edit.add_argument("--no-download", action="store_true", help="print URLs only")
 
     batch = commands.add_parser(
@@ -172,14 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run every line of FILE and download every image into DIR.\n\n"
         "FILE has one prompt a line (blank lines and #comments skipped), or is JSONL\n"
-        "with fields prompt, model, size, count, action (generate|edit), image_url,\n"
-        "name (file name stem). '-' reads standard input.\n\n"
+        "with fields prompt, model, size, count, action (generate|edit), image (a file,\n"
+        "relative to FILE's directory, uploaded before its line is submitted, or a URL),\n"
+        "image_url, name (file name stem). '-' reads standard input.\n\n"
         "DIR/manifest.jsonl records every line as it goes. Running the same command\n"
         "again resumes: done lines are skipped, submitted lines are waited on by task\n"
-        "id (not paid again), failed lines are retried only with --retry-failed.",
+        "id (not paid again), failed lines are retried only with --retry-failed.\n\n"
+        "The manifest never forgets a task id: a FILE whose lines differ from the\n"
+        "requests DIR's manifest holds task ids for is refused (exit status 2).\n"
+        "A refused key, a used-up balance or a full disk stops feeding new lines;\n"
+        "submitted ones are still waited on. Fix the cause, run the same command.\n\n"
+        "DIR/index.html shows every line's images (or why it failed) and is kept\n"
+        "current while the job runs: open it in a browser.",
     )
-    batch.add_argument("file", metavar="FILE")
-    batch.add_argument("--out", required=True, metavar="DIR", help="images and manifest")
+    batch.add_argument("file", type=_path("a file name, or - for standard input"),
+                       metavar="FILE")
+    batch.add_argument("--out", required=True, type=_directory, metavar="DIR",
+                       help="images and manifest")
     _request_options(batch, count=True)
     batch.add_argument(
         "--concurrency", type=_positive_int, default=10, metavar="N",
@@ -193,6 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true",
         help="submit failed lines again (a new, paid task each)",
     )
+    batch.add_argument(
+        "--allow-changed", action="store_true",
+        help="run lines that differ from the manifest's requests as new (paid) lines; "
+        "the manifest keeps the earlier records and task ids (without it such a run "
+        "is refused)",
+    )
+
+    gallery = commands.add_parser(
+        "gallery", help="rebuild DIR/index.html, the page of a batch's images",
+        description="Rebuild DIR/index.html from DIR/manifest.jsonl: every line of a batch "
+        "with its images, or why it failed. 'batch' keeps it current as it runs; this "
+        "needs no key and no network.",
+    )
+    gallery.add_argument("dir", type=_directory, metavar="DIR",
+                         help="the --out directory of a batch")
+    gallery.add_argument("--debug", action="store_true", help="show tracebacks")
 
     task = commands.add_parser("task", help="look at tasks by id")
     task_commands = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)
@@ -200,28 +322,31 @@ def build_parser() -> argparse.ArgumentParser:
         "get", parents=[common], help="show tasks' status and images",
         description="Show the status and images of one or more tasks.",
     )
-    get.add_argument("ids", nargs="+", metavar="ID")
-    get.add_argument("--out", metavar="DIR", help="also download the images of finished tasks")
+    get.add_argument("ids", nargs="+", type=_task_id, metavar="ID")
+    get.add_argument("--out", type=_directory, metavar="DIR",
+                     help="also download the images of finished tasks")
     wait = task_commands.add_parser(
         "wait", parents=[common], help="wait for tasks, then download their images",
         description="Wait for tasks to finish and download their images.",
     )
-    wait.add_argument("ids", nargs="+", metavar="ID")
-    wait.add_argument("--out", default=".", metavar="DIR", help="where images go (.)")
+    wait.add_argument("ids", nargs="+", type=_task_id, metavar="ID")
+    wait.add_argument("--out", default=".", type=_directory, metavar="DIR",
+                      help="where images go (.)")
 
     serve = commands.add_parser(
         "serve", help="run the local Flux server for other tools",
         description="Serve the bundled local Flux API until Ctrl-C; point tools at the "
         "printed URL and token.",
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--host", default="127.0.0.1", type=_host,
+                       help="address to listen on (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     serve.add_argument(
         "--generation-time", type=generation_time, default=(1.0, 3.0), metavar="SECONDS|LO,HI",
         help="how long a generation takes (default 1,3)",
     )
     serve.add_argument(
-        "--failure-rate", type=float, default=0.0, metavar="SHARE",
+        "--failure-rate", type=_share, default=0.0, metavar="SHARE",
         help="share of tasks that fail, 0 to 1 (default 0)",
     )
     serve.add_argument("--seed", type=int, help="make a run reproducible")

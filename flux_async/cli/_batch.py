@@ -4,39 +4,46 @@ The rules that make a run resumable (the manifest is described in ``_ledger``):
 
 * A line's task id is written to the manifest the moment the service gives it
   (map's ``submitted`` event), before anything waits on it.
-* On a later run, per line (a line whose request changed since counts as new):
-  ``done`` with its files present is skipped; a line with a task id and no
-  result (``submitted``, or ``failed`` for a reason the task itself may not have:
-  a timeout, a download or network error) is waited on again by task id, which
-  costs nothing; a line never submitted is submitted. Lines whose task failed,
-  or whose submission may or may not have reached the service, are paid for
-  again only with ``--retry-failed``.
+* On a later run (``_plan``): ``done`` with its files present is skipped; a
+  line with a task id and no result is waited on again by task id, which costs
+  nothing; a line never submitted is submitted. Lines whose task failed, or
+  whose submission may or may not have reached the service, are paid for again
+  only with ``--retry-failed``.
 * A task id the service does not know fails the line (``not_found``): it is never
   silently submitted again, except with ``--local``, where every run starts a
   fresh local server that cannot know the previous one's tasks.
+* A line whose request differs from what the manifest holds a task id for
+  (another input file, or an edited line) is refused before any request
+  (``_plan.changed_lines``); ``--allow-changed`` runs it as a new line and the manifest
+  keeps the earlier record and its task id (see ``_ledger``).
 * Ctrl-C stops feeding prompts, waits briefly for submissions already sent to
   return their task ids (so none is paid twice), then cancels the rest: waits
   and downloads (a download leaves no partial file). The manifest stays valid.
+* A failure every later line would meet too (``HALTS``: the API key refused or
+  out of balance, the application disabled, a full disk, a manifest that cannot
+  be written) stops feeding lines the same way, without cancelling anything:
+  tasks already submitted are paid, so they are waited on and downloaded, and
+  the summary says how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from flux_async import (
     DownloadError,
+    EditRequest,
     FluxClient,
     FluxError,
-    ImageRequest,
     ImageResult,
     MapEvent,
     NotFoundError,
@@ -45,71 +52,23 @@ from flux_async import (
 )
 
 from ._connect import connect, service_name
+from ._feed import Feed
+from ._gallery import LiveGallery
+from ._images import uploaded
 from ._input import Entry, request_fields
 from ._ledger import Ledger, Record
-from ._output import PROG, print_json, reason_of, warn
+from ._output import HALTS, PROG, download_failure, print_json, reason_of, strerror, warn
+from ._plan import file_prefix, make_plan
 from ._progress import Counts, Reporter, make_reporter
 from ._stop import Stop
+from ._summary import print_summary, summarize
 
 __all__ = ["BatchJob", "run_batch"]
 
 # How long a graceful stop waits for submissions on the wire to return a task id.
 STOP_GRACE = 15.0
-# A failed line with a task id is waited on again for free, unless the task itself
-# failed or is unknown: those need a new (paid) submission, i.e. --retry-failed.
-_NEEDS_NEW_TASK = frozenset({"task_failed", "not_found"})
 # Download answers meaning the image is gone for good (an expired CDN link).
 _GONE = frozenset({403, 404, 410})
-
-
-class Feed:
-    """The lines still to submit, handed to ``client.map`` one at a time.
-
-    It is fed while the job runs (a stale ``--local`` task id sends its line
-    back here), so it is a queue that ends when ``close()``d, not a list. At most
-    ``window`` lines are outstanding (taken and not yet resolved), the same window
-    as map's own, so a line is only taken when it can be submitted at once: when a
-    stop comes, nothing waits in between, half-sent.
-    """
-
-    def __init__(self, window: int) -> None:
-        self.window = window
-        self.outstanding = 0
-        self.taken: list[Entry] = []  # map's index -> line
-        self._queue: collections.deque[Entry] = collections.deque()
-        self._closed = self._stopped = False
-        self._wake = anyio.Event()
-
-    def put(self, entry: Entry) -> None:
-        self._queue.append(entry)
-        self._wake.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
-
-    def release(self) -> None:
-        """One taken line resolved."""
-        self.outstanding -= 1
-        self._wake.set()
-
-    async def requests(self) -> AsyncIterator[ImageRequest]:
-        while not self._stopped:
-            if self._queue and self.outstanding < self.window:
-                entry = self._queue.popleft()
-                self.outstanding += 1
-                self.taken.append(entry)
-                assert entry.request is not None
-                yield entry.request
-            elif self._closed and not self._queue:
-                return
-            else:
-                self._wake = anyio.Event()
-                await self._wake.wait()
 
 
 class BatchJob:
@@ -139,56 +98,58 @@ class BatchJob:
         self.reporter = reporter
         self.stop = stop
         self.counts = Counts()
-        self.feed = Feed(client.max_concurrency)
+        self.feed = Feed(client.max_concurrency, prepare=self._upload)
         self.fresh: list[Entry] = []
         self.resume: list[tuple[Entry, str]] = []
         self.skipped = 0  # done in an earlier run
         self.kept_failed = 0  # failed earlier, not retried
         self.restarted_local = 0  # stale --local task ids submitted again
         self.cut_off = 0  # submissions cancelled mid-request by a hard stop
+        self.halted: tuple[str, str] | None = None  # (reason, message) of a halt
         self._sent: set[int] = set()  # map indexes that got a task id
         self._unsent = 0  # map indexes that failed before getting one
         self._downloads = anyio.Semaphore(max(4, client.max_concurrency))
         self._resume_scope = anyio.CancelScope()
         self._settled = anyio.Event()  # set when a taken line gets a task id or fails
+        self._parts_before = _parts(self.out)
+        self.gallery = LiveGallery(self.out, entries, ledger, on_error=reporter.note)
 
     # --- planning --------------------------------------------------------------------
 
     def plan(self) -> None:
-        """Sort every line into skip / wait again / submit, per the resume rules."""
-        for entry in self.entries:
-            if entry.error is not None:
-                self._invalid(entry)
-                continue
-            record = self.ledger.get(entry.line)
-            if record is not None and record.status != "invalid" and record.key != entry.key:
-                self.reporter.note(
-                    f"{PROG}: {self.label}:{entry.line}: the line changed since the manifest was "
-                    "written; running it as a new line"
-                )
-                record = None
-            if record is None or record.status == "invalid":
-                self.fresh.append(entry)
-            elif record.status == "done" and self._files_present(record):
-                self.skipped += 1
-            elif record.task_id and (
-                record.status in ("submitted", "done")
-                or (record.status == "failed" and record.reason not in _NEEDS_NEW_TASK)
-            ):
-                self.resume.append((entry, record.task_id))
-            elif record.status == "failed" and not self.retry_failed:
-                self.kept_failed += 1
-            else:
-                self.fresh.append(entry)
+        """Sort every line into skip / wait again / submit (see ``_plan``)."""
+        plan = make_plan(self.entries, self.ledger, self.out, retry_failed=self.retry_failed,
+                         local=self.local)
+        for entry in plan.invalid:
+            self._invalid(entry)
+        for entry in plan.changed:
+            self.reporter.note(
+                f"{PROG}: {self.label}:{entry.line}: the line changed since the manifest was "
+                "written; running it as a new line"
+            )
+        self.fresh, self.resume = plan.fresh, plan.resume
+        self.skipped, self.kept_failed = plan.skipped, plan.kept_failed
 
-    def _files_present(self, record: Record) -> bool:
-        return bool(record.files) and all((self.out / name).is_file() for name in record.files)
+    def _write(self, record: Record) -> None:
+        self.ledger.write(record)
+        error = self.ledger.write_error
+        if error is not None:
+            self._halt("manifest", f"cannot write {self.ledger.path}: {error.strerror or error}")
+
+    def _halt(self, reason: str, message: str) -> None:
+        """Stop feeding lines: every later one would fail the same way."""
+        if self.halted is not None:
+            return
+        self.halted = (reason, message)
+        self.feed.stop()
+        self.reporter.note(
+            f"{PROG}: stopping: {message}; no more lines are submitted "
+            "(tasks already submitted are still waited on and downloaded)"
+        )
 
     def _invalid(self, entry: Entry) -> None:
         self.reporter.note(f"{PROG}: {self.label}:{entry.line}: {entry.error}; line skipped")
-        self.ledger.write(
-            Record(entry.line, "invalid", error=entry.error, reason="invalid_input")
-        )
+        self._write(Record(entry.line, "invalid", error=entry.error, reason="invalid_input"))
         self.counts.total += 1
         self.counts.failed += 1
 
@@ -204,6 +165,7 @@ class BatchJob:
             with self.stop.scope():
                 async with anyio.create_task_group() as outer:
                     outer.start_soon(self._watch_stop)
+                    outer.start_soon(self.gallery.run)
                     async with anyio.create_task_group() as work:
                         work.start_soon(self._resume_all)
                         work.start_soon(self._submit_all, work)
@@ -211,7 +173,14 @@ class BatchJob:
         finally:
             # After a hard stop, lines cut off between "taken" and "task id known".
             self.cut_off = self.submitting if self.stop.interrupted else 0
+            self.gallery.finish(interrupted=self.stop.interrupted)
             self.reporter.close()
+            # Every download of this run is over: a temporary file made since the
+            # start is a leftover (some library versions leave them when the disk
+            # is full). The lock keeps other batches out of this directory.
+            for part in _parts(self.out) - self._parts_before:
+                with contextlib.suppress(OSError):
+                    part.unlink()
 
     @property
     def submitting(self) -> int:
@@ -235,6 +204,22 @@ class BatchJob:
 
     def _report(self) -> None:
         self.reporter.update(self.counts)
+        self.gallery.changed()
+
+    async def _upload(self, entry: Entry) -> Entry | None:
+        """Upload a line's local image just before it is submitted (uploads are free)."""
+        assert isinstance(entry.request, EditRequest)
+        assert entry.image is not None
+        try:
+            request = await uploaded(self.client, entry.request, entry.image)
+        except FluxError as exc:
+            # Nothing was paid: "invalid" lines run again next time, without --retry-failed.
+            self.reporter.note(f"{PROG}: {self.label}:{entry.line}: upload failed: {exc}")
+            self._write(Record(entry.line, "invalid", error=str(exc), reason="upload"))
+            self.counts.failed += 1
+            self._report()
+            return None
+        return attrs.evolve(entry, request=request)
 
     async def _resume_all(self) -> None:
         """Wait again on the task ids an earlier run recorded, without submitting."""
@@ -275,7 +260,8 @@ class BatchJob:
             self._stale(entry, task_id)
         except TaskFailedError as exc:
             if self.retry_failed:
-                self._resubmit(entry, f"task {task_id} failed; submitting the line again")
+                self._resubmit(entry, task_id, "task_failed", f"task {task_id} failed ({exc}); "
+                               "submitting the line again")
             else:
                 self._failed(entry, exc, task_id)
         except FluxError as exc:
@@ -283,8 +269,16 @@ class BatchJob:
         else:
             await self._download(entry, result, resumed=True)
 
-    def _resubmit(self, entry: Entry, why: str) -> None:
-        """Send a resumed line back to the feed: it gets a new task (paid, unless local)."""
+    def _resubmit(self, entry: Entry, task_id: str, reason: str, why: str) -> None:
+        """Send a resumed line back to the feed: it gets a new task (paid, unless local).
+
+        The old task's end is recorded first: the ledger gives a line a new task
+        only once its old one can yield nothing more.
+        """
+        assert entry.request is not None
+        self._write(Record(entry.line, "failed", key=entry.key,
+                           request=request_fields(entry.request), task_id=task_id,
+                           error=why, reason=reason))
         self.reporter.note(f"{PROG}: {self.label}:{entry.line}: {why}")
         self.counts.submitted -= 1  # counted as submitted at the start; counted again
         self.feed.put(entry)
@@ -294,6 +288,10 @@ class BatchJob:
             # The local server of an earlier run is gone with its tasks; submitting
             # again costs nothing locally. (Noted once, in _resume.)
             self.restarted_local += 1
+            assert entry.request is not None
+            self._write(Record(entry.line, "failed", key=entry.key,
+                               request=request_fields(entry.request), task_id=task_id,
+                               error="task of an earlier local server", reason="not_found"))
             self.counts.submitted -= 1
             self.feed.put(entry)
             return
@@ -321,7 +319,7 @@ class BatchJob:
             entry = self.feed.taken[event.index]
             assert entry.request is not None
             # Written (and flushed) before anything else happens to this task.
-            self.ledger.write(
+            self._write(
                 Record(entry.line, "submitted", key=entry.key,
                        request=request_fields(entry.request), task_id=event.task_id)
             )
@@ -337,20 +335,30 @@ class BatchJob:
         async with self._downloads:
             try:
                 paths = await self.client.download(
-                    result, self.out, prefix=entry.prefix, overwrite=True
+                    result, self.out, prefix=file_prefix(entry, self.ledger), overwrite=True
                 )
-            except (FluxError, OSError) as exc:
+            except Exception as raised:
+                exc = download_failure(raised)
+                if exc is None:
+                    raise
+                if reason_of(exc) == "disk_full":
+                    # The task id stays in the manifest: a later run downloads, not pays.
+                    message = (f"could not save the images of task {result.task_id} "
+                               f"in {self.out}: {strerror(exc)}")
+                    self._record_failure(entry, "disk_full", result.task_id, message)
+                    return
                 gone = isinstance(exc, DownloadError) and exc.status in _GONE
                 if resumed and gone and self.retry_failed:
                     # An earlier run's images have expired: only a new task brings them.
-                    self._resubmit(entry, f"the images of task {result.task_id} are gone "
-                                          f"({exc}); submitting the line again")
+                    self._resubmit(entry, result.task_id, "images_gone",
+                                   f"the images of task {result.task_id} are gone ({exc}); "
+                                   "submitting the line again")
                     return
                 hint = "; the image is gone: --retry-failed generates it again" if gone else ""
                 self._record_failure(entry, "download", result.task_id, f"{exc}{hint}")
                 return
         assert entry.request is not None
-        self.ledger.write(
+        self._write(
             Record(entry.line, "done", key=entry.key, request=request_fields(entry.request),
                    task_id=result.task_id, files=[p.name for p in paths])
         )
@@ -369,81 +377,23 @@ class BatchJob:
         self, entry: Entry, reason: str, task_id: str | None, message: str
     ) -> None:
         assert entry.request is not None
-        self.ledger.write(
+        self._write(
             Record(entry.line, "failed", key=entry.key, request=request_fields(entry.request),
                    task_id=task_id, error=message, reason=reason)
         )
         self.counts.failed += 1
         self.reporter.note(f"{PROG}: {self.label}:{entry.line}: failed ({reason}): {message}")
         self._report()
-
-    # --- summary ---------------------------------------------------------------------
-
-    def summary(self, wall_time: float) -> dict[str, Any]:
-        """Where every line of the input stands now, from the ledger."""
-        states: collections.Counter[str] = collections.Counter()
-        reasons: collections.Counter[str] = collections.Counter()
-        images = 0
-        for entry in self.entries:
-            record = self.ledger.get(entry.line)
-            if record is None or (record.status != "invalid" and record.key != entry.key):
-                states["not_started"] += 1
-                continue
-            status = record.status
-            if status == "done":
-                images += len(record.files)
-            elif status in ("failed", "invalid"):
-                reasons[record.reason or "error"] += 1
-                status = "failed"
-            elif status == "submitted":
-                status = "running"
-            states[status] += 1
-        return {
-            "lines": len(self.entries),
-            "done": states["done"],
-            "done_now": self.counts.done,
-            "skipped": self.skipped,
-            "resumed": len(self.resume) - self.restarted_local,
-            "failed": states["failed"],
-            "failed_by_reason": dict(sorted(reasons.items())),
-            "failed_not_retried": self.kept_failed,
-            "running": states["running"],
-            "not_started": states["not_started"],
-            "images": images,
-            "out": str(self.out),
-            "manifest": str(self.ledger.path),
-            "wall_time": round(wall_time, 3),
-            "interrupted": self.stop.interrupted,
-        }
+        if reason in HALTS:
+            self._halt(reason, message)
 
 
-def _print_summary(summary: dict[str, Any], *, local: bool) -> None:
-    reasons = ", ".join(f"{k} {v}" for k, v in summary["failed_by_reason"].items())
-    print(
-        f"{summary['lines']} lines: {summary['done']} done, {summary['failed']} failed"
-        f"{f' ({reasons})' if reasons else ''}; {summary['images']} images in "
-        f"{summary['out']}; {summary['wall_time']:.1f}s"
-    )
-    if summary["skipped"] or summary["resumed"]:
-        print(
-            f"this run: {summary['done_now']} done ({summary['resumed']} resumed by task id, "
-            f"not paid again); {summary['skipped']} done earlier, skipped"
-        )
-    print(f"manifest: {summary['manifest']}")
-    if summary["interrupted"]:
-        running = summary["running"]
-        print(
-            f"interrupted: {running} running on the service, {summary['not_started']} not "
-            "started. Run the same command again to resume: lines already submitted are "
-            "waited on, not paid for again."
-            + (" (With --local the next run starts a fresh local server, which runs them "
-               "again at no cost.)" if local and running else "")
-        )
-    if summary["failed_not_retried"]:
-        print(
-            f"{summary['failed_not_retried']} line(s) failed in an earlier run and were not "
-            "retried: add --retry-failed to submit them again (a new, paid task each)."
-        )
+def _parts(directory: Path) -> set[Path]:
+    """The temporary files of downloads in ``directory``."""
+    try:
+        return set(directory.glob(".flux-*.part"))
+    except OSError:
+        return set()
 
 
 async def _run(
@@ -451,9 +401,10 @@ async def _run(
 ) -> int:
     stop = Stop(graceful=True)
     stop.install()
+    job: BatchJob | None = None
+    started = time.monotonic()
     try:
         reporter = make_reporter(quiet=args.quiet, transient=args.json)
-        started = time.monotonic()
         async with connect(args) as client:
             job = BatchJob(
                 client, ledger, entries, label=label, local=args.local,
@@ -467,16 +418,30 @@ async def _run(
                 f"{job.cut_off} submission(s) in progress were cancelled: any that had reached "
                 "the service made a task this manifest cannot know, paid for again next run"
             )
-        summary = job.summary(time.monotonic() - started)
+    except Exception:
+        if job is not None:  # where every line stands is worth the most now
+            _report(args, job, started)
+        raise
     finally:
         stop.uninstall()
+    assert job is not None
+    summary = _report(args, job, started)
+    if stop.interrupted:
+        return stop.exit_status
+    return 1 if summary["failed"] or summary["stopped"] else 0
+
+
+def _report(args: argparse.Namespace, job: BatchJob, started: float) -> dict[str, Any]:
+    if job.ledger.unsaved:
+        # Appending failed (a full disk): one more try to get every record on disk.
+        with contextlib.suppress(OSError):
+            job.ledger.compact()
+    summary = summarize(job, time.monotonic() - started)
     if args.json:
         print_json(summary)
     else:
-        _print_summary(summary, local=args.local)
-    if stop.interrupted:
-        return stop.exit_status
-    return 1 if summary["failed"] else 0
+        print_summary(summary, local=args.local)
+    return summary
 
 
 def run_batch(args: argparse.Namespace, entries: list[Entry], ledger: Ledger) -> int:

@@ -1,9 +1,13 @@
-"""The single-task commands: ``generate``, ``edit``, ``task get``, ``task wait``, ``serve``."""
+"""The single-task commands: ``generate``, ``edit``, ``task get``, ``task wait``, ``serve``;
+and ``gallery``, which rebuilds a batch's page from its manifest."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -15,30 +19,52 @@ from flux_async import (
     GenerateRequest,
     ImageRequest,
     ImageResult,
+    LocalImage,
     Task,
     TaskStatus,
 )
 
-from ._args import UsageError
+from ._args import API_KEY_ENV, BASE_URL_ENV, UsageError, check_out_dir
 from ._connect import connect, service_name
+from ._gallery import GALLERY_NAME, render, write_page
+from ._ledger import MANIFEST_NAME, Record
 from ._output import error, print_json, result_json, show_task, task_json, warn
 from ._progress import spinner
 from ._stop import Stop
 
-__all__ = ["edit", "generate", "serve", "task_get", "task_wait"]
+__all__ = ["edit", "gallery", "generate", "serve", "task_get", "task_wait"]
 
 
 def generate(args: argparse.Namespace) -> int:
     request = GenerateRequest(args.prompt, model=args.model, size=args.size, count=args.count)
+    if not args.no_download:
+        check_out_dir(args.out)
     return asyncio.run(_one(args, request))
 
 
 def edit(args: argparse.Namespace) -> int:
-    request = EditRequest(args.prompt, image_url=args.image_url, model=args.model, size=args.size)
-    return asyncio.run(_one(args, request))
+    source = args.image if args.image is not None else args.image_url
+    if not args.no_download:
+        check_out_dir(args.out)
+    if args.image_url is not None or source.startswith(("http://", "https://")):
+        request = EditRequest(args.prompt, image_url=source, model=args.model, size=args.size)
+        return asyncio.run(_one(args, request))
+    # A local file: checked now (a bad one is exit status 2 before anything starts),
+    # uploaded once connected, since --local's server only lives that long.
+    image = LocalImage.load(source)
+    GenerateRequest(args.prompt, model=args.model, size=args.size)  # an edit's same checks
+
+    async def upload(client: FluxClient) -> ImageRequest:
+        url = await client.upload(image)
+        return EditRequest(args.prompt, image_url=url, model=args.model, size=args.size)
+
+    return asyncio.run(_one(args, upload))
 
 
-async def _one(args: argparse.Namespace, request: ImageRequest) -> int:
+async def _one(
+    args: argparse.Namespace,
+    request: ImageRequest | Callable[[FluxClient], Awaitable[ImageRequest]],
+) -> int:
     """Submit, wait, download, print: the shared body of ``generate`` and ``edit``."""
     stop = Stop()
     stop.install()
@@ -48,6 +74,9 @@ async def _one(args: argparse.Namespace, request: ImageRequest) -> int:
     try:
         async with connect(args) as client:
             with stop.scope():
+                if callable(request):  # a local image to upload first
+                    with spinner("uploading the image", quiet=args.quiet):
+                        request = await request(client)
                 with spinner(f"submitting to {service_name(args)}", quiet=args.quiet):
                     # submit + wait rather than generate(): the task id is known
                     # early, so an interrupted wait can say how to pick it up.
@@ -75,6 +104,8 @@ async def _one(args: argparse.Namespace, request: ImageRequest) -> int:
 
 
 def task_get(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_out_dir(args.out)
     return asyncio.run(_task_get(args))
 
 
@@ -115,6 +146,7 @@ async def _task_get(args: argparse.Namespace) -> int:
 
 
 def task_wait(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
     return asyncio.run(_task_wait(args))
 
 
@@ -176,9 +208,36 @@ def serve(args: argparse.Namespace) -> int:
     def ready(server: LocalFluxServer) -> None:
         warn(
             "point flux-async (or any client) at it with:\n"
-            f"  export FLUX_ASYNC_BASE_URL={server.url} ACEDATACLOUD_API_TOKEN={server.token}\n"
+            f"  export {BASE_URL_ENV}={server.url} {API_KEY_ENV}={server.token}\n"
             "Ctrl-C stops it."
         )
 
     asyncio.run(serve_forever(settings, host=args.host, port=args.port, on_ready=ready))
+    return 0
+
+
+def gallery(args: argparse.Namespace) -> int:
+    """``flux-async gallery DIR``: DIR/index.html again, from DIR/manifest.jsonl alone."""
+    directory = Path(args.dir)
+    manifest = directory / MANIFEST_NAME
+    try:
+        text = manifest.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise UsageError(f"{manifest} not found: is {directory} the --out of a batch?") from None
+    records: dict[int, Record] = {}
+    for raw in text.splitlines():
+        # Read only, like the batch's own loader: the last record of a line wins and
+        # a line torn by a killed run is skipped. A running batch is not disturbed.
+        try:
+            record = Record.from_json(json.loads(raw))
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            continue
+        if record is not None:
+            records[record.line] = record
+    page = directory / GALLERY_NAME
+    write_page(page, render(
+        records.values(), title=directory.resolve().name or str(directory), state="manifest",
+        updated=time.strftime("%Y-%m-%d %H:%M:%S"),
+    ))
+    print(page)
     return 0

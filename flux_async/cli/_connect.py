@@ -17,20 +17,30 @@ from typing import Any
 
 from flux_async import ConfigurationError, FluxClient
 
-from ._args import API_KEY_ENV, BASE_URL_ENV
+from ._args import API_KEY_ENV, BASE_URL_ENV, base_url_problem
 
 __all__ = ["check_key", "connect", "service_name"]
 
 
 def check_key(args: argparse.Namespace) -> None:
-    """Fail early, before reading input or starting anything, when no key is set."""
+    """Fail early, before reading input or starting anything, when no key is set
+    or the environment holds something that cannot work (the options are checked
+    by the parser)."""
     if args.local:
         return
-    if not (args.api_key or os.environ.get(API_KEY_ENV)):
+    key = args.api_key or os.environ.get(API_KEY_ENV)
+    if not key:
         raise ConfigurationError(
             f"no API key: set ${API_KEY_ENV} (or pass --api-key), "
             "or add --local to try it against the bundled local server"
         )
+    if args.api_key is None and any(c.isspace() or not c.isprintable() for c in key):
+        # Typically a trailing newline from a file; the key itself is never shown.
+        raise ConfigurationError(f"${API_KEY_ENV} contains spaces or control characters")
+    if args.base_url is None and os.environ.get(BASE_URL_ENV) is not None:
+        problem = base_url_problem(os.environ[BASE_URL_ENV])
+        if problem:
+            raise ConfigurationError(f"${BASE_URL_ENV}: {problem}")
 
 
 def service_name(args: argparse.Namespace) -> str:

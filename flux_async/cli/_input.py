@@ -18,15 +18,18 @@ import re
 import sys
 import unicodedata
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 
 from flux_async import EditRequest, GenerateRequest, ImageRequest, ValidationError
 
+from ._images import LocalFile, load_local, stand_in_url
+
 __all__ = ["FIELDS", "Defaults", "Entry", "InputError", "parse_lines", "read_source"]
 
-FIELDS = ("prompt", "model", "size", "count", "action", "image_url", "name")
+FIELDS = ("prompt", "model", "size", "count", "action", "image", "image_url", "name")
 _ACTIONS = {"generate": "generate", "edit": "edit", "edits": "edit"}
 
 
@@ -51,13 +54,18 @@ class Entry:
     request: ImageRequest | None = None
     name: str | None = None
     error: str | None = None
+    image: LocalFile | None = None  # a local image, uploaded when the line is submitted
 
     @property
     def key(self) -> str | None:
         """A fingerprint of the request, so a resumed run notices a line that changed."""
         if self.request is None:
             return None
-        text = json.dumps(request_fields(self.request), sort_keys=True)
+        fields = request_fields(self.request)
+        if self.image is not None:
+            # The file's content, not its upload's URL, which is new every time.
+            fields["image_url"] = f"sha256:{self.image.sha256}"
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -101,8 +109,15 @@ def read_source(source: str) -> tuple[str, bool]:
     return text, source.lower().endswith((".jsonl", ".ndjson"))
 
 
-def parse_lines(text: str, *, jsonl: bool | None, defaults: Defaults) -> list[Entry]:
-    """Every request line of ``text``; ``jsonl=None`` guesses the format (see above)."""
+def parse_lines(
+    text: str, *, jsonl: bool | None, defaults: Defaults, base: Path | None = None
+) -> list[Entry]:
+    """Every request line of ``text``; ``jsonl=None`` guesses the format (see above).
+
+    ``base`` is the directory that relative ``image`` paths start from (default: the
+    current directory).
+    """
+    base = base if base is not None else Path.cwd()
     lines = text.splitlines()
     if jsonl is None:
         first = next((raw.strip() for raw in lines if raw.strip()), "")
@@ -113,17 +128,19 @@ def parse_lines(text: str, *, jsonl: bool | None, defaults: Defaults) -> list[En
         if not stripped or (not jsonl and stripped.startswith("#")):
             continue
         if jsonl:
-            entries.append(_json_entry(number, stripped, defaults))
+            entries.append(_json_entry(number, stripped, defaults, base))
         else:
-            entries.append(_entry(number, {"prompt": stripped}, defaults))
+            entries.append(_entry(number, {"prompt": stripped}, defaults, base))
     return entries
 
 
-def _json_entry(number: int, raw: str, defaults: Defaults) -> Entry:
+def _json_entry(number: int, raw: str, defaults: Defaults, base: Path) -> Entry:
     try:
         fields = json.loads(raw)
     except ValueError as exc:
         return Entry(number, error=f"invalid JSON ({exc})")
+    except RecursionError:  # a line of thousands of nested brackets
+        return Entry(number, error="invalid JSON (nested too deeply)")
     if not isinstance(fields, dict):
         return Entry(number, error="expected a JSON object with a 'prompt' field")
     unknown = sorted(set(fields) - set(FIELDS))
@@ -132,33 +149,49 @@ def _json_entry(number: int, raw: str, defaults: Defaults) -> Entry:
             number,
             error=f"unknown field {unknown[0]!r} (known fields: {', '.join(FIELDS)})",
         )
-    return _entry(number, fields, defaults)
+    return _entry(number, fields, defaults, base)
 
 
-def _entry(number: int, fields: Mapping[str, Any], defaults: Defaults) -> Entry:
+def _entry(number: int, fields: Mapping[str, Any], defaults: Defaults, base: Path) -> Entry:
     name = fields.get("name")
     if name is not None and not isinstance(name, str):
         return Entry(number, error="name: must be a string")
     image_url = fields.get("image_url")
-    action = fields.get("action") or ("edit" if image_url is not None else "generate")
+    image = fields.get("image")
+    if image is not None:
+        if image_url is not None:
+            return Entry(number, error="image: give image or image_url, not both")
+        if not isinstance(image, str) or not image.strip():
+            return Entry(number, error="image: must be a file path or an http(s) URL")
+        if image.startswith(("http://", "https://")):
+            image_url, image = image, None
+    action = fields.get("action") or (
+        "edit" if image_url is not None or image is not None else "generate"
+    )
     if action not in _ACTIONS:
         return Entry(number, error=f"action: must be 'generate' or 'edit', got {action!r}")
     prompt: Any = fields.get("prompt")
     model = fields.get("model", defaults.model)
     size = fields.get("size", defaults.size)
     request: ImageRequest
+    local: LocalFile | None = None
     try:
         if _ACTIONS[action] == "edit":
-            if image_url is None:
-                return Entry(number, error="image_url: required for an edit")
+            if image_url is None and image is None:
+                return Entry(number, error="image_url: required for an edit (or image, a file)")
             if fields.get("count") is not None:
                 return Entry(number, error="count: an edit makes one image; drop 'count'")
+            if image is not None:
+                local = load_local(image, base)
+                image_url = stand_in_url(local)
+            assert image_url is not None
             request = EditRequest(prompt, image_url=image_url, model=model, size=size)
         else:
-            if image_url is not None:
-                return Entry(number, error="image_url: only for edits (action 'edit')")
+            if image_url is not None or image is not None:
+                field = "image" if image is not None else "image_url"
+                return Entry(number, error=f"{field}: only for edits (action 'edit')")
             count = fields.get("count", defaults.count)
             request = GenerateRequest(prompt, model=model, size=size, count=count)
     except ValidationError as exc:
         return Entry(number, error=str(exc))
-    return Entry(number, request=request, name=name)
+    return Entry(number, request=request, name=name, image=local)

@@ -6,6 +6,7 @@ so ``flux-async generate ... --json | jq`` always reads clean JSON.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from flux_async import (
     AuthenticationError,
     DownloadError,
     FluxError,
+    ForbiddenError,
     Image,
     ImageResult,
     InsufficientBalanceError,
@@ -28,17 +30,22 @@ from flux_async import (
     TaskFailedError,
     TaskTimeoutError,
     TransportError,
+    UpstreamTimeoutError,
     ValidationError,
 )
 
 __all__ = [
+    "HALTS",
     "PROG",
+    "disk_full",
+    "download_failure",
     "error",
     "image_json",
     "print_json",
     "reason_of",
     "result_json",
     "show_task",
+    "strerror",
     "task_json",
     "warn",
 ]
@@ -59,8 +66,38 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False), flush=True)
 
 
+# Failures that every later line would meet too: the batch stops feeding lines.
+HALTS = frozenset({"auth", "balance", "disabled", "disk_full", "manifest"})
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is "no space left" on the local disk."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # a DownloadError raised from the OSError, and so on
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def reason_of(exc: BaseException) -> str:
-    """A short machine-friendly word for why a line failed (the summary groups by it)."""
+    """A short machine-friendly word for why a line failed (the summary groups by it).
+
+    ``auth``, ``balance`` and ``disabled`` concern the API key, not the line (see
+    ``HALTS``). ``forbidden`` (403: the content was refused, or no access) and
+    ``upstream_timeout`` (504: the model timed out, not billed) concern one line only.
+    """
+    if disk_full(exc):
+        return "disk_full"
+    if isinstance(exc, ForbiddenError):
+        return "forbidden"
+    if isinstance(exc, UpstreamTimeoutError):
+        return "upstream_timeout"
+    if isinstance(exc, APIError) and exc.code == "disabled":
+        return "disabled"
     table: list[tuple[type[BaseException], str]] = [
         (TaskFailedError, "task_failed"),
         (TaskTimeoutError, "timeout"),
@@ -79,6 +116,37 @@ def reason_of(exc: BaseException) -> str:
         if isinstance(exc, kind):
             return reason
     return "error"
+
+
+def download_failure(exc: BaseException) -> FluxError | OSError | None:
+    """The error a failed download means, or None for anything else (a bug: re-raised).
+
+    Some versions of the library let an OSError out of their clean-up, inside
+    exception groups, when the disk is full; a full disk wins over other errors.
+    """
+    leaves: list[BaseException] = []
+    stack = [exc]
+    while stack:
+        item = stack.pop()
+        inner = getattr(item, "exceptions", None)
+        if isinstance(inner, tuple):
+            stack.extend(inner)
+        else:
+            leaves.append(item)
+    known = [e for e in leaves if isinstance(e, (FluxError, OSError))]
+    if not known or len(known) < len(leaves):
+        return None
+    return next((e for e in known if reason_of(e) == "disk_full"), known[0])
+
+
+def strerror(exc: BaseException) -> str:
+    """The OSError's words behind ``exc`` ("No space left on device"), else ``exc``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__
+    return str(exc)
 
 
 def image_json(image: Image) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from ._png import render_png
 from ._settings import DEFAULT_TOKEN, ServerSettings, TokenState, settings_update
 from ._stats import ServerStats
 from ._tasks import Account, Task
+from ._uploads import UploadStore
 from ._validate import Submission, check_ids, check_submission
 
 __all__ = ["LocalFluxServer"]
@@ -124,6 +125,7 @@ class LocalFluxServer:
         self._session: aiohttp.ClientSession | None = None
         self._closing: asyncio.Event | None = None
         self._url: str | None = None
+        self.uploads = UploadStore(self)  # POST /files/upload and the files it hosts
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -136,6 +138,7 @@ class LocalFluxServer:
         app.router.add_post("/flux/tasks", self._handle_tasks)
         app.router.add_get("/files/{name}", self._handle_files)
         app.router.add_routes(control_routes(self))
+        app.router.add_routes(self.uploads.routes())
         # A short shutdown timeout: close() already wakes every waiting handler, this
         # only bounds the wait for a handler stuck writing to a slow client.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -351,6 +354,8 @@ class LocalFluxServer:
         # /flux/tasks counts itself: its key depends on the action in the body.
         if path == "/flux/images" and request.method == "POST":
             self.stats.requests["images"] += 1
+        elif path == "/files/upload" and request.method == "POST":
+            self.stats.requests["uploads"] += 1
         elif path.startswith("/files/") and request.method in ("GET", "HEAD"):
             self.stats.requests["files"] += 1
         elif path != "/flux/tasks" or request.method != "POST":

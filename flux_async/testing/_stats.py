@@ -23,7 +23,7 @@ class ServerStats:
     """What the server has seen since it started (or since the last ``reset()``).
 
     ``requests`` is keyed by endpoint: ``images``, ``retrieve``, ``retrieve_batch``,
-    ``files`` or ``other``; ``statuses`` by HTTP status answered (dropped connections
+    ``uploads``, ``files`` or ``other``; ``statuses`` by HTTP status answered (dropped connections
     answer none and only show up in ``faults_injected``). ``finish_times`` maps task id
     to the wall-clock epoch at which the task finished (or will finish), so a benchmark
     can compute how late a client noticed. ``unanswered`` lists the tasks that were
