@@ -29,8 +29,12 @@ translates them once, with ``raise ... from`` so the original stays on
     │   └── ImageTooLargeError      the body is over max_bytes (nothing is kept)
     └── TaskError                   about one task, carries task_id
         ├── TaskFailedError         the service says the task failed: code, message
-        └── TaskTimeoutError        the deadline passed; the task may still finish
-                                    (also TimeoutError)
+        ├── TaskTimeoutError        the deadline passed; the task may still finish
+        │                           (also TimeoutError)
+        └── (another error, as it ended the wait for one task; also that error's class)
+            TaskNotFoundError (NotFoundError), TaskAuthenticationError,
+            TaskInsufficientBalanceError, TaskForbiddenError, TaskClosedError
+            (ClientClosedError), TaskProtocolError (ProtocolError)
 
 Messages never contain the API key: nothing here is ever given it.
 """
@@ -363,6 +367,10 @@ class TaskInsufficientBalanceError(_TaskBound, InsufficientBalanceError):
     """``used_up`` answered while following a task; the task may still finish."""
 
 
+class TaskForbiddenError(_TaskBound, ForbiddenError):
+    """403 ``forbidden`` answered while following a task (no access to it)."""
+
+
 class TaskClosedError(_TaskBound, ClientClosedError):
     """The client closed while waiting for a task; it may still finish: ``wait`` on it."""
 
@@ -376,6 +384,7 @@ _BOUND: tuple[tuple[type[FluxError], type[_TaskBound]], ...] = (
     (NotFoundError, TaskNotFoundError),
     (AuthenticationError, TaskAuthenticationError),
     (InsufficientBalanceError, TaskInsufficientBalanceError),
+    (ForbiddenError, TaskForbiddenError),
     (ClientClosedError, TaskClosedError),
     (ProtocolError, TaskProtocolError),
 )
@@ -397,6 +406,7 @@ def for_task(error: FluxError, task_id: str) -> FluxError:
 __all__ += [
     "TaskAuthenticationError",
     "TaskClosedError",
+    "TaskForbiddenError",
     "TaskInsufficientBalanceError",
     "TaskNotFoundError",
     "TaskProtocolError",

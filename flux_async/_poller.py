@@ -39,6 +39,7 @@ from ._errors import (
     AuthenticationError,
     ClientClosedError,
     FluxError,
+    ForbiddenError,
     InsufficientBalanceError,
     NotFoundError,
     RateLimitError,
@@ -59,6 +60,8 @@ FetchBatch = Callable[[Sequence[str]], Awaitable[list[Mapping[str, Any]]]]
 FetchOne = Callable[[str], Awaitable[Mapping[str, Any]]]
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
+# Refusals of a task query that asking again will not change: they end the waits.
+_ENDS_WAITS = (AuthenticationError, InsufficientBalanceError, ForbiddenError)
 # After the grace, this many answers in a row without an id: ask for that id alone.
 MISSING_ROUNDS = 3
 # Seconds a known task id may stay unknown to /flux/tasks before it is declared lost.
@@ -341,7 +344,7 @@ class Poller:
         except FluxError as exc:
             if self._transient(exc, ticket):
                 return
-            if isinstance(exc, (AuthenticationError, InsufficientBalanceError)):
+            if isinstance(exc, _ENDS_WAITS):
                 self._fail_all(task_ids, exc)
             elif isinstance(exc, APIError) and self.batch_supported:
                 # The action itself is refused (not implemented here): ask per id.
@@ -375,7 +378,7 @@ class Poller:
                     self.fail(entry, exc)
                 else:  # not visible yet: the task exists, it is not lost
                     entry.missing += 1
-            elif isinstance(exc, (AuthenticationError, InsufficientBalanceError)):
+            elif isinstance(exc, _ENDS_WAITS):
                 self.fail(entry, exc)
             return
         self._limiter.succeeded()

@@ -14,11 +14,13 @@ import pytest
 from flux_async import (
     AuthenticationError,
     ClientClosedError,
+    ForbiddenError,
     InsufficientBalanceError,
     NotFoundError,
     TaskAuthenticationError,
     TaskClosedError,
     TaskError,
+    TaskForbiddenError,
     TaskInsufficientBalanceError,
     TaskNotFoundError,
 )
@@ -165,6 +167,7 @@ async def test_per_id_mode_treats_a_404_within_the_grace_as_not_yet() -> None:
          TaskAuthenticationError),
         (InsufficientBalanceError("used up", status=403, code="used_up"),
          TaskInsufficientBalanceError),
+        (ForbiddenError("no access", status=403, code="forbidden"), TaskForbiddenError),
     ],
 )
 async def test_an_error_ending_many_waits_names_each_task(

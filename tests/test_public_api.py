@@ -19,7 +19,8 @@ EXPECTED = {
     # web servers: callbacks and downloads
     "CallbackVerdict", "DownloadError", "ImageTooLargeError", "NotAnImageError",
     # errors that end the wait for one task, naming it
-    "TaskAuthenticationError", "TaskClosedError", "TaskInsufficientBalanceError",
+    "TaskAuthenticationError", "TaskClosedError", "TaskForbiddenError",
+    "TaskInsufficientBalanceError",
     "TaskNotFoundError", "TaskProtocolError",
     # the vendor's 403 forbidden and 504 timeout
     "ForbiddenError", "UpstreamTimeoutError",
