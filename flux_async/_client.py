@@ -482,10 +482,12 @@ class FluxClient:
         except TimeoutError:
             raise TaskTimeoutError(entry.task_id, timeout) from None
         except anyio.get_cancelled_exc_class():
-            if not entry.done.is_set() and entry.request is not None:
-                # Paid for and still running: say which task, so it can be found.
-                log.warning("wait cancelled; task %s may still finish: client.wait(%r)",
-                            entry.task_id, entry.task_id)
+            if entry.request is not None:
+                # Paid for: say which task, so it can be found (a task that resolved
+                # just before the cancellation landed is in the recent results).
+                state = "had just resolved" if entry.done.is_set() else "may still finish"
+                log.warning("wait cancelled; task %s %s: client.wait(%r)",
+                            entry.task_id, state, entry.task_id)
             raise
         finally:
             self._poller.leave(entry)

@@ -18,7 +18,7 @@ reorder buffer then holds at most ``window`` finished outcomes).
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Literal
 
@@ -30,6 +30,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._errors import FluxError, TaskError, ValidationError
 from ._models import EditRequest, GenerateRequest, ImageRequest, ImageResult, Outcome
+
+log = logging.getLogger("flux_async")
 
 __all__ = ["Deliver", "Follow", "MapEvent", "MapProgress", "Requests", "run_map"]
 
@@ -166,8 +168,13 @@ class _Run:
     def _push(self, outcome: Outcome) -> None:
         # Never full: the buffer holds `window` and at most `window` are outstanding.
         # Broken or closed: the consumer left, and the run is being cancelled.
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        try:
             self._send.send_nowait(outcome)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            if outcome.task_id is not None:  # a paid task's outcome nobody will take
+                log.warning("map left; task %s ended after it (%s): client.wait(%r)",
+                            outcome.task_id, "succeeded" if outcome.ok else "failed",
+                            outcome.task_id)
 
     async def _one(self, index: int, request: ImageRequest) -> None:
         submitted: list[str] = []
