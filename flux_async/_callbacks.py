@@ -7,8 +7,10 @@ random nonce per submission and an HMAC-SHA256 of it under the client's
 secret:
 
 * A URL that leaks (a proxy's access log, the vendor's task list) opens one task,
-  not all of them: a task followed by this client only accepts the token that was
-  issued for its own submission.
+  not all of them: a callback settles a task only under the token issued for that
+  task's own submission. Any other valid token is at most a hint: the client then
+  asks the service about that task at once (a free query), and the service's
+  answer decides.
 * The tokens need no storage to check: after a restart a client given the same
   ``callback_secret`` still recognises its tokens, so late callbacks can reach the
   ``on_unclaimed`` hook instead of being refused.
@@ -20,16 +22,23 @@ What ``judge`` decides, in order (the first that applies answers):
 1. token missing or wrong (constant-time check) -> 403; nothing else is looked at.
 2. body not JSON, or not a final result's shape (``success`` bool; ``data`` a list
    of images, or an ``error`` object) -> 400.
-3. the task is followed by this client: if this client submitted it, a token
-   issued for another submission -> 403 and a submission without a callback URL
-   -> 409 (a task followed through ``wait(id)`` alone, e.g. after a restart,
-   accepts any token of this client); images with another prompt than submitted
-   -> 409; otherwise the wait resolves -> 200 ``resolved``.
-4. the task already resolved here: same outcome -> 200 ``duplicate``; another
+3. the task was submitted by this client and is followed: a submission without a
+   callback URL -> 409; a token issued for another submission -> 403; images
+   with another prompt than submitted -> 409; a failure -> 200 ``confirming``
+   (the task is queried at once, and only the service's answer can fail the
+   wait: a leaked token cannot fail a running task); a success -> the wait
+   resolves, 200 ``resolved``.
+4. the task is followed through ``wait(id)`` alone (e.g. after a restart: no
+   token is bound to it in this process) -> 200 ``confirming``: the post is only
+   a hint, the task is queried at once and the service's answer decides.
+5. the task already resolved here: same outcome -> 200 ``duplicate``; another
    outcome -> 409. Either way nothing changes.
-5. the token's submission is still waiting for its answer (a very fast task) ->
-   kept until the answer comes, one per submission -> 200 ``held``.
-6. anything else -> 404 ``unclaimed`` (a receiver hands it to its hook instead).
+6. the token's submission is still waiting for its answer (a very fast task) ->
+   kept until the answer comes, up to ``MAX_HELD`` task ids per submission ->
+   200 ``held``. When the answer comes only the post for the task id it names is
+   used (a success settles the task; a failure, or two posts that disagree, make
+   the client query the task); posts for other ids change nothing.
+7. anything else -> 404 ``unclaimed`` (a receiver hands it to its hook instead).
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from ._wire import structure_images
 
 __all__ = [
     "MAX_CALLBACK_BYTES",
+    "MAX_HELD",
     "TOKEN_PARAM",
     "CallbackBook",
     "CallbackVerdict",
@@ -64,16 +74,22 @@ TOKEN_PARAM = "flux_token"
 #: A callback body is a few KB; this is the default cap of a receiver.
 MAX_CALLBACK_BYTES = 256 * 1024
 _MAX_TOKEN = 128
+#: Posts of distinct task ids kept per submission awaiting its answer.
+MAX_HELD = 4
 
-CallbackKind = Literal["resolved", "held", "duplicate", "unclaimed", "rejected"]
+CallbackKind = Literal["resolved", "confirming", "held", "duplicate", "unclaimed", "rejected"]
+Held = Mapping[str, Task | None]
 
 
 @attrs.frozen
 class CallbackVerdict:
     """What a posted callback did, and the HTTP status to answer it with.
 
-    ``kind``: ``resolved`` (settled a task this client follows), ``held`` (came
-    before its submission's answer; settles it when that comes), ``duplicate``
+    ``kind``: ``resolved`` (settled a task this client follows), ``confirming``
+    (taken as a hint only, answered 200: a failure, or a token not bound to the
+    task; the client queries the task at once and the service's answer decides),
+    ``held`` (came before its submission's answer; used when that comes, if it
+    names the same task), ``duplicate``
     (already settled the same way), ``unclaimed`` (authentic, but this client
     does not follow the task: 404 unless a hook takes it), ``rejected`` (4xx,
     changed nothing). ``task`` is the posted result when it could be read.
@@ -96,9 +112,10 @@ class CallbackBook:
         if secret is not None and len(secret) < 16:
             raise ConfigurationError("callback_secret must be at least 16 characters")
         self._key = (secret if secret is not None else secrets.token_urlsafe(32)).encode()
-        # nonce -> the callback that came before the submission's answer, if any.
-        # One slot per submission in flight: bounded by the client's max_concurrency.
-        self._in_flight: dict[str, Task | None] = {}
+        # nonce -> task id -> the callback that came before the submission's answer
+        # (None: posts that disagree). Up to MAX_HELD ids per submission in flight;
+        # submissions in flight are bounded by the client's max_concurrency.
+        self._in_flight: dict[str, dict[str, Task | None]] = {}
 
     def __repr__(self) -> str:
         return "<CallbackBook>"  # never the key
@@ -110,7 +127,7 @@ class CallbackBook:
     def issue(self, url: str) -> tuple[str, str]:
         """A new nonce and ``url`` with its token; ``settle(nonce)`` must follow."""
         nonce = secrets.token_urlsafe(12)
-        self._in_flight[nonce] = None
+        self._in_flight[nonce] = {}
         token = f"{nonce}.{self._mac(nonce).decode()}"
         parts = urlsplit(url)
         query = "&".join(q for q in (parts.query, urlencode({TOKEN_PARAM: token})) if q)
@@ -125,18 +142,27 @@ class CallbackBook:
         return nonce if ok and nonce else None
 
     def hold(self, nonce: str, task: Task) -> bool:
-        """Keep a callback for a submission still waiting for its answer."""
-        if nonce not in self._in_flight:
-            return False
-        held = self._in_flight[nonce]
-        if held is None:
-            self._in_flight[nonce] = task
-            return True
-        return held.id == task.id
+        """Keep a callback for a submission still waiting for its answer.
 
-    def settle(self, nonce: str | None) -> Task | None:
+        Nothing held is trusted yet: which post counts is decided by the task id
+        the answer names. A first post cannot displace a later one for another id.
+        """
+        held = self._in_flight.get(nonce)
+        if held is None:
+            return False
+        if task.id in held:
+            known = held[task.id]
+            if known is not None and not _same(known, task):
+                held[task.id] = None  # two stories for one task: the service will decide
+            return True
+        if len(held) >= MAX_HELD:
+            return False
+        held[task.id] = task
+        return True
+
+    def settle(self, nonce: str | None) -> Held:
         """The submission of ``nonce`` got its answer: stop holding, return what came."""
-        return None if nonce is None else self._in_flight.pop(nonce, None)
+        return {} if nonce is None else self._in_flight.pop(nonce, {})
 
 
 def _reject(status: int, reason: str, task: Task | None = None) -> CallbackVerdict:
@@ -204,14 +230,22 @@ def judge(
         return _reject(400, task)
     entry = poller.find(task.id)
     if entry is not None:
-        if entry.request is not None:
-            if entry.callback_nonce is None:
-                return _reject(409, "the task was not submitted with a callback URL", task)
-            if not hmac.compare_digest(entry.callback_nonce.encode(), nonce.encode()):
-                return _reject(403, "the token was issued for another task", task)
+        if entry.request is None:
+            # Followed through wait(id): no token is bound to this task here.
+            poller.confirm(task.id)
+            return CallbackVerdict(200, "confirming", "no token is bound to this task here; "
+                                   "asking the service", task)
+        if entry.callback_nonce is None:
+            return _reject(409, "the task was not submitted with a callback URL", task)
+        if not hmac.compare_digest(entry.callback_nonce.encode(), nonce.encode()):
+            return _reject(403, "the token was issued for another task", task)
         conflict = _conflict(entry.request, task)
         if conflict is not None:
             return _reject(409, conflict, task)
+        if task.status is not TaskStatus.SUCCEEDED:
+            poller.confirm(task.id)
+            return CallbackVerdict(200, "confirming", "a failure is confirmed with the "
+                                   "service before it fails the wait", task)
         poller.resolve(task)
         return CallbackVerdict(200, "resolved", "the task's wait is resolved", task)
     known = poller.recent.get(task.id)
@@ -224,9 +258,21 @@ def judge(
     return CallbackVerdict(404, "unclaimed", "no task of this client has that id", task)
 
 
-def adopt_early(poller: Poller, entry: Entry, early: Task | None) -> None:
-    """Settle a new entry with a callback that arrived before its submission's answer."""
-    if early is None or early.id != entry.task_id:
-        return  # a token's callback for another task id: not this submission's result
-    if _conflict(entry.request, early) is None:
-        poller.resolve(early)
+def adopt_early(poller: Poller, entry: Entry, early: Held) -> None:
+    """Use the callbacks that arrived before the submission's answer, if one is for its task.
+
+    Posts for other task ids change nothing. A success for this task settles it;
+    a failure, a contradiction or two disagreeing posts make the poller ask the
+    service about it at once.
+    """
+    if entry.task_id not in early:
+        return
+    task = early[entry.task_id]
+    if (
+        task is not None
+        and task.status is TaskStatus.SUCCEEDED
+        and _conflict(entry.request, task) is None
+    ):
+        poller.resolve(task)
+    else:
+        poller.confirm(entry.task_id)

@@ -6,9 +6,10 @@ generation slots. A slot is taken before a submission and given back when the
 task resolves, fails to submit, or stops being followed, so no more than
 ``max_concurrency`` generations are ever in flight through one client.
 
-Background work (the poller's rounds, ``map`` runs) lives in one anyio task
-group hosted by a supervisor task the client starts on first use; ``aclose()``
-cancels it and waits for it, so nothing outlives the client. Hosting the group
+Background work (the poller's rounds, ``map`` runs, paid POSTs on the wire)
+lives in one anyio task group hosted by a supervisor task the client starts on
+first use; ``aclose()`` lets paid POSTs answer, then cancels the group and
+waits for it, so nothing outlives the client. Hosting the group
 in its own task lets a web app open the client in one task and close it in
 another, as aiohttp's ``cleanup_ctx`` may.
 """
@@ -55,6 +56,7 @@ from ._errors import (
     TaskTimeoutError,
     TransportError,
     ValidationError,
+    for_task,
 )
 from ._limits import Backoff, RateLimiter, deadline_after, remaining
 from ._map import Deliver, MapEvent, Requests, run_map
@@ -69,7 +71,7 @@ from ._models import (
     TaskStatus,
     check_http_url,
 )
-from ._poller import Entry, Poller
+from ._poller import DEFAULT_NOT_FOUND_GRACE, Entry, Poller
 from ._protocol import (
     DEFAULT_BASE_URL,
     TASKS_PATH,
@@ -88,7 +90,7 @@ from ._settings import (
     check_api_key,
     resolve_timeout,
 )
-from ._submission import Submitter
+from ._submission import Handover, Submitter
 from ._transport import Transport
 from ._upload import ImageSource, is_remote, upload_url_for
 from ._uploader import Uploader
@@ -142,12 +144,23 @@ class FluxClient:
       files; default ``{base_url}/files/upload``, which for the default base URL
       is the vendor's documented ``https://api.acedata.cloud/files/upload``.
     - ``session``: an ``aiohttp.ClientSession`` to use; the client leaves it open.
+    - ``not_found_grace`` (300 s): a task id the service gave (or one passed to
+      ``wait``) is not declared lost before this long after it became known,
+      since new tasks may take a while to appear on ``/flux/tasks``; meanwhile it
+      costs only its place in the batch queries. Then a 404 ends its wait with
+      ``TaskNotFoundError``.
 
     Every setting is checked here, before anything is sent: a wrong type, NaN,
     a zero or negative interval, a ``batch_size`` over 50, a ``base_url`` that
     is not an absolute http(s) URL, a key with whitespace in it raise
     ``ConfigurationError`` naming the setting. ``client.settings`` is the
     resulting frozen ``ClientSettings``.
+
+    Cancellation never loses a paid task: a submission's POST runs in a task the
+    client owns, so whatever cancels the caller (an anyio scope, ``task.cancel()``,
+    ``asyncio.wait_for``) the POST gets its answer; the task it created is then
+    followed in the background (it keeps its slot until it resolves, and
+    ``wait(id)`` returns its result), and a WARNING record names it.
     """
 
     def __init__(
@@ -172,6 +185,7 @@ class FluxClient:
         callback_secret: str | None = None,
         upload_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
+        not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
     ) -> None:
         source = "api_key" if api_key is not None else f"${API_KEY_ENV}"
         api_key = check_api_key(
@@ -192,6 +206,7 @@ class FluxClient:
             retry_backoff=retry_backoff, resend_uncertain=resend_uncertain,
             callback_url=callback_url, callback_poll_interval=callback_poll_interval,
             callback_secret=callback_secret, upload_url=upload_url,
+            not_found_grace=not_found_grace,
         )
         self.base_url = settings.base_url
         self.max_concurrency = settings.max_concurrency
@@ -222,7 +237,7 @@ class FluxClient:
             settings.submit_rate, burst=settings.effective_submit_burst, backoff=self._backoff
         )
         self._submitter = Submitter(
-            self._post, self.submit_limiter, self._backoff,
+            self._post, self.submit_limiter, self._backoff, spawn=self._spawn,
             max_retries=settings.max_retries, resend_uncertain=settings.resend_uncertain,
         )
         self.query_limiter = RateLimiter(
@@ -238,12 +253,15 @@ class FluxClient:
             # Every slot taken: a finished task noticed sooner is a slot freed sooner.
             is_busy=lambda: self._slots.value == 0,
             chunk_size=settings.batch_size,
+            not_found_grace=settings.not_found_grace,
         )
         self._group: anyio.abc.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._started: anyio.Event | None = None
         self._stopping: anyio.Event | None = None
         self._closed = False
+        # Tasks followed in the background because their caller left mid-POST.
+        self._adopted: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<FluxClient {self.base_url} max_concurrency={self.max_concurrency}>"
@@ -303,12 +321,34 @@ class FluxClient:
         self._group.start_soon(fn)
 
     async def aclose(self) -> None:
-        """Stop background work, fail pending waits (``ClientClosedError``), close the session."""
+        """Stop background work, fail pending waits, close the session.
+
+        Paid submissions already on the wire are let finish first (each bounded by
+        the request timeout), so none is cut with its task id unknown. Waits end
+        with ``TaskClosedError`` (a ``ClientClosedError`` naming the task); the ids
+        of submitted tasks still running are logged (WARNING).
+        """
         if self._closed:
             return
         self._closed = True
-        self._poller.close(ClientClosedError("the FluxClient was closed while waiting"))
+        self._submitter.closing = True
         with anyio.CancelScope(shield=True):
+            if self._submitter.on_wire:
+                with anyio.move_on_after((self._request_timeout.total or 60.0) + 5.0):
+                    await self._submitter.drained()
+            closed = ClientClosedError("the FluxClient was closed while waiting")
+            running = self._poller.close(closed)
+            # Tasks adopted after their caller left were named only in a log record
+            # so far: name them again, loudly. The others' ids are with their callers
+            # (submit() returned it; a waiter gets TaskClosedError naming it).
+            orphans = [t for t in running if t in self._adopted]
+            others = [t for t in running if t not in self._adopted]
+            self._adopted.clear()
+            for level, ids in ((logging.WARNING, orphans), (logging.INFO, others)):
+                if ids:
+                    log.log(level, "FluxClient closed with %d submitted task(s) still "
+                            "running; they may still finish and be billed, wait on them "
+                            "with another client: %s", len(ids), ", ".join(ids))
             if self._stopping is not None:
                 self._stopping.set()
             if self._supervisor is not None:
@@ -358,30 +398,81 @@ class FluxClient:
         nonce = None
         if callback_url is not None:
             nonce, callback_url = self._callbacks.issue(callback_url)
-        try:
-            submission = await self._submitter.submit(
-                request, callback_url, deadline=deadline, timeout=timeout
-            )
-        except BaseException:
+        callbacks = callback_url is not None
+
+        def adopt(submission: Submission) -> None:
+            self._adopt(submission, request, nonce, callbacks, on_submitted)
+
+        def drop() -> None:
             self._slots.release()
             self._callbacks.settle(nonce)
+
+        handover = Handover(adopt, drop)
+        try:
+            submission = await self._submitter.submit(
+                request, callback_url, deadline=deadline, timeout=timeout, handover=handover
+            )
+        except BaseException:
+            if not handover.left:  # else the slot and the nonce went with the handover
+                drop()
             raise
-        # A very fast task's callback may have come before this answer: it was held.
-        early = self._callbacks.settle(nonce)
+        # From here to the return nothing awaits: no cancellation can come between
+        # the answer and the entry that follows its task.
+        entry = self._track(submission, request, nonce, callbacks, background=background)
         if on_submitted is not None:
             on_submitted(submission.task_id)
+        return submission, entry
+
+    def _track(
+        self, submission: Submission, request: ImageRequest, nonce: str | None,
+        callbacks: bool, *, background: bool,
+    ) -> Entry | None:
+        """Hand the submission's slot to an entry following its task (None: done already)."""
+        # A very fast task's callback may have come before this answer: it was held.
+        early = self._callbacks.settle(nonce)
+        if self._poller.closed and submission.result is None:  # answered as the client closed
+            self._slots.release()
+            log.warning("task %s was created as the client closed; nobody follows it: "
+                        "wait on it with another client", submission.task_id)
+            raise for_task(ClientClosedError("the FluxClient was closed while submitting"),
+                           submission.task_id)
         if submission.result is not None:
             self._slots.release()
-            return submission, None
+            self._poller.resolve(_task_of(submission))
+            return None
         entry = self._poller.entry(submission.task_id)
         entry.release = self._slots.release
         entry.background = background
         entry.request, entry.callback_nonce = request, nonce
-        if callback_url is not None:
+        if callbacks:
             entry.recheck = self.callback_poll_interval
             entry.not_before = anyio.current_time() + self.callback_poll_interval
         adopt_early(self._poller, entry, early)
-        return submission, entry
+        return entry
+
+    def _adopt(
+        self, submission: Submission, request: ImageRequest, nonce: str | None,
+        callbacks: bool, on_submitted: Callable[[str], None] | None,
+    ) -> None:
+        """A submission answered after its caller had left: follow its task anyway."""
+        task_id = submission.task_id
+        try:
+            entry = self._track(submission, request, nonce, callbacks, background=True)
+        except ClientClosedError:
+            pass  # logged, naming the task
+        else:
+            if entry is not None:
+                self._adopted.add(task_id)
+                entry.on_settle = [*(entry.on_settle or ()),
+                                   lambda done: self._adopted.discard(done.task_id)]
+            log.warning("the caller left while its submission was on the wire; task %s was "
+                        "created and is followed in the background: await client.wait(%r)",
+                        task_id, task_id)
+        if on_submitted is not None:
+            try:
+                on_submitted(task_id)
+            except Exception:
+                log.exception("the submission hook failed for task %s", task_id)
 
     async def _await(self, entry: Entry, deadline: float | None, timeout: float | None) -> Task:
         entry.waiters += 1
@@ -391,10 +482,12 @@ class FluxClient:
         except TimeoutError:
             raise TaskTimeoutError(entry.task_id, timeout) from None
         except anyio.get_cancelled_exc_class():
-            if not entry.done.is_set() and entry.request is not None:
-                # Paid for and still running: say which task, so it can be found.
-                log.warning("wait cancelled; task %s may still finish: client.wait(%r)",
-                            entry.task_id, entry.task_id)
+            if entry.request is not None:
+                # Paid for: say which task, so it can be found (a task that resolved
+                # just before the cancellation landed is in the recent results).
+                state = "had just resolved" if entry.done.is_set() else "may still finish"
+                log.warning("wait cancelled; task %s %s: client.wait(%r)",
+                            entry.task_id, state, entry.task_id)
             raise
         finally:
             self._poller.leave(entry)
@@ -477,10 +570,7 @@ class FluxClient:
             request, deadline=None, timeout=None,
             callback_url=callback_url or self.callback_url, background=True,
         )
-        if submission.result is not None:
-            return Task(submission.task_id, TaskStatus.SUCCEEDED, trace_id=submission.trace_id,
-                        result=submission.result, raw=submission.result.raw)
-        return Task(submission.task_id, TaskStatus.PENDING, trace_id=submission.trace_id)
+        return _task_of(submission)
 
     async def wait(
         self, task: Task | str, *, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
@@ -544,12 +634,15 @@ class FluxClient:
         """Apply a callback the service POSTed; answer it with ``verdict.status``.
 
         ``token`` is the ``flux_token`` query parameter of the URL it was posted
-        to, ``body`` the raw body (or its parsed JSON). A callback for a task this
-        client waits on resolves the wait at once. ``flux_async.web`` does this for
-        aiohttp; call it from any other framework the same way (cap the body size
-        first). The rules, in order, are in ``CallbackVerdict``'s module; the short
-        form: bad token 403, not a result 400, contradicts the submission 409,
-        duplicate 200, unknown task 404 with ``kind == "unclaimed"``.
+        to, ``body`` the raw body (or its parsed JSON). A success posted with the
+        token issued for that task's submission resolves its wait at once; a
+        failure, or a post for a task followed through ``wait(id)`` alone, makes
+        the client query that task at once and the service's answer decides (200,
+        ``kind == "confirming"``). ``flux_async.web`` does this for aiohttp; call it
+        from any other framework the same way (cap the body size first). The
+        rules, in order, are in ``CallbackVerdict``'s module; the short form: bad
+        token (or another task's) 403, not a result 400, contradicts the
+        submission 409, duplicate 200, unknown task 404 with ``kind == "unclaimed"``.
         """
         return judge(self._callbacks, self._poller, token, body)
 
@@ -625,7 +718,11 @@ class FluxClient:
         One failure never stops the rest: it is that request's ``Outcome.error``.
         ``ordered=True`` yields in input order. ``on_event`` is called at each
         submission and resolution with a ``MapEvent`` carrying the counts so far.
-        Leaving the loop early cancels what is still running.
+        Leaving the loop early cancels what is still running (a submission on the
+        wire is let answer, and its task followed in the background: logged). If
+        the input or a hook raises, or the client closes, that error is raised here
+        itself (not in an ``ExceptionGroup``) once the outcomes already delivered
+        have been yielded.
         """
         if isinstance(requests, (str, bytes, GenerateRequest, EditRequest)) or not isinstance(
             requests, (Iterable, AsyncIterable)
@@ -643,6 +740,7 @@ class FluxClient:
         # start as it is spawned, instead of thousands queueing at the connector.
         window = anyio.Semaphore(size)
         failure: list[BaseException] = []
+        completed: list[bool] = []
         finished = anyio.Event()
         scope = anyio.CancelScope()
 
@@ -654,11 +752,10 @@ class FluxClient:
         async def runner() -> None:
             with scope:
                 try:
-                    hook_error = await run_map(follow, requests, send, window, size,
-                                               ordered=ordered, on_event=on_event)
-                    if hook_error is not None:
-                        failure.append(hook_error)
-                except Exception as exc:  # the input or a hook raised: re-raised to the consumer
+                    await run_map(follow, requests, send, window, size, ordered=ordered,
+                                  on_event=on_event, on_failure=failure.append)
+                    completed.append(True)
+                except Exception as exc:  # a bug: re-raised to the consumer
                     failure.append(exc)
                 finally:
                     send.close()
@@ -676,6 +773,8 @@ class FluxClient:
                 await finished.wait()
         if failure:
             raise failure[0]
+        if not completed and self._closed:
+            raise ClientClosedError("the FluxClient was closed during map")
 
     async def _follow(
         self,
@@ -784,6 +883,13 @@ class FluxClient:
 def _check_task_id(field: str, value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(field, f"a task id is a non-empty string, got {value!r:.80}")
+
+
+def _task_of(submission: Submission) -> Task:
+    if submission.result is not None:
+        return Task(submission.task_id, TaskStatus.SUCCEEDED, trace_id=submission.trace_id,
+                    result=submission.result, raw=submission.result.raw)
+    return Task(submission.task_id, TaskStatus.PENDING, trace_id=submission.trace_id)
 
 
 def _result_of(task: Task) -> ImageResult:

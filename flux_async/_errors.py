@@ -29,8 +29,12 @@ translates them once, with ``raise ... from`` so the original stays on
     │   └── ImageTooLargeError      the body is over max_bytes (nothing is kept)
     └── TaskError                   about one task, carries task_id
         ├── TaskFailedError         the service says the task failed: code, message
-        └── TaskTimeoutError        the deadline passed; the task may still finish
-                                    (also TimeoutError)
+        ├── TaskTimeoutError        the deadline passed; the task may still finish
+        │                           (also TimeoutError)
+        └── (another error, as it ended the wait for one task; also that error's class)
+            TaskNotFoundError (NotFoundError), TaskAuthenticationError,
+            TaskInsufficientBalanceError, TaskForbiddenError, TaskClosedError
+            (ClientClosedError), TaskProtocolError (ProtocolError)
 
 Messages never contain the API key: nothing here is ever given it.
 """
@@ -327,6 +331,87 @@ class TaskTimeoutError(TaskError, TimeoutError):
         super().__init__(text, task_id=task_id)
         self.timeout = timeout
 
+
+
+class _TaskBound(TaskError):
+    """Another error, as it ended the wait for one task: one instance per task.
+
+    It is also an instance of the original error's class (``except NotFoundError``
+    still catches it) and copies its fields (``status``, ``code``, ``trace_id``...),
+    adding ``task_id``. The shared original is on ``__cause__``.
+    """
+
+    def __init__(self, task_id: str, error: FluxError) -> None:
+        Exception.__init__(self, *error.args)
+        vars(self).update(vars(error))
+        self.task_id = task_id
+        self.__cause__ = error
+
+    def __str__(self) -> str:
+        return f"task {self.task_id}: {super().__str__()}"
+
+
+class TaskNotFoundError(_TaskBound, NotFoundError):
+    """The service still did not know a task once the not-found grace had passed.
+
+    A task id the service gave is never declared lost sooner: new tasks may take
+    a while to appear on ``/flux/tasks`` (``FluxClient(not_found_grace=...)``).
+    """
+
+
+class TaskAuthenticationError(_TaskBound, AuthenticationError):
+    """The token was refused while following a task; the task may still finish."""
+
+
+class TaskInsufficientBalanceError(_TaskBound, InsufficientBalanceError):
+    """``used_up`` answered while following a task; the task may still finish."""
+
+
+class TaskForbiddenError(_TaskBound, ForbiddenError):
+    """403 ``forbidden`` answered while following a task (no access to it)."""
+
+
+class TaskClosedError(_TaskBound, ClientClosedError):
+    """The client closed while waiting for a task; it may still finish: ``wait`` on it."""
+
+
+class TaskProtocolError(_TaskBound, ProtocolError):
+    """The service's object for this task could not be read."""
+
+
+# Which per-task class an error that ends a wait becomes, checked in order.
+_BOUND: tuple[tuple[type[FluxError], type[_TaskBound]], ...] = (
+    (NotFoundError, TaskNotFoundError),
+    (AuthenticationError, TaskAuthenticationError),
+    (InsufficientBalanceError, TaskInsufficientBalanceError),
+    (ForbiddenError, TaskForbiddenError),
+    (ClientClosedError, TaskClosedError),
+    (ProtocolError, TaskProtocolError),
+)
+
+
+def for_task(error: FluxError, task_id: str) -> FluxError:
+    """``error`` as it ends the wait for ``task_id``: a new instance naming the task.
+
+    Errors about one task already (``TaskError``) are kept as they are.
+    """
+    if isinstance(error, TaskError):
+        return error
+    for cls, bound in _BOUND:
+        if isinstance(error, cls):
+            return bound(task_id, error)
+    return error
+
+
+__all__ += [
+    "TaskAuthenticationError",
+    "TaskClosedError",
+    "TaskForbiddenError",
+    "TaskInsufficientBalanceError",
+    "TaskNotFoundError",
+    "TaskProtocolError",
+    "for_task",
+]
 
 # The code decides first: token codes mean "authentication" whatever status carries
 # them (the vendor answers no_token and token_mismatched with 400), and an error

@@ -18,16 +18,20 @@ reorder buffer then holds at most ``window`` finished outcomes).
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Literal
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._errors import FluxError, TaskError, ValidationError
 from ._models import EditRequest, GenerateRequest, ImageRequest, ImageResult, Outcome
+
+log = logging.getLogger("flux_async")
 
 __all__ = ["Deliver", "Follow", "MapEvent", "MapProgress", "Requests", "run_map"]
 
@@ -100,8 +104,10 @@ class _Run:
         *,
         ordered: bool,
         on_event: Callable[[MapEvent], None] | None,
+        on_failure: Callable[[Exception], None],
     ) -> None:
         self._follow = follow
+        self._on_failure = on_failure
         self._send = send
         self._window = window
         self._size = size
@@ -110,7 +116,8 @@ class _Run:
         self._ready: dict[int, Outcome] = {}  # ordered: finished ahead of their turn
         self._on_event = on_event
         self._stop: dict[int, Callable[[], None]] = {}  # followed, not yet delivered
-        self.failure: BaseException | None = None
+        self._group: anyio.abc.TaskGroup | None = None
+        self.failure: Exception | None = None
         self.progress = MapProgress()
 
     def _emit(self, kind: Literal["submitted", "succeeded", "failed"], index: int,
@@ -139,8 +146,7 @@ class _Run:
             self._emit("succeeded" if outcome.ok else "failed", index, request,
                        outcome.task_id, outcome)
         except Exception as exc:  # the user's hook: stop the run, re-raise to the consumer
-            self.failure = self.failure or exc
-            self._send.close()
+            self._fail(exc)
             return
         if not self._ordered:
             self._push(outcome)
@@ -150,18 +156,35 @@ class _Run:
             self._push(self._ready.pop(self._next))
             self._next += 1
 
+    def _fail(self, exc: Exception) -> None:
+        """The input or a hook raised: stop the run; the consumer gets ``exc`` itself."""
+        if self.failure is None:
+            self.failure = exc
+            self._on_failure(exc)  # now: the run may be cancelled as soon as the stream closes
+        self._send.close()
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
+
     def _push(self, outcome: Outcome) -> None:
         # Never full: the buffer holds `window` and at most `window` are outstanding.
         # Broken or closed: the consumer left, and the run is being cancelled.
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        try:
             self._send.send_nowait(outcome)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            if outcome.task_id is not None:  # a paid task's outcome nobody will take
+                log.warning("map left; task %s ended after it (%s): client.wait(%r)",
+                            outcome.task_id, "succeeded" if outcome.ok else "failed",
+                            outcome.task_id)
 
     async def _one(self, index: int, request: ImageRequest) -> None:
         submitted: list[str] = []
 
         def on_submitted(task_id: str) -> None:
             submitted.append(task_id)
-            self._emit("submitted", index, request, task_id, None)
+            try:
+                self._emit("submitted", index, request, task_id, None)
+            except Exception as exc:  # the user's hook: the task is followed all the same
+                self._fail(exc)
 
         def deliver(result: ImageResult | None, error: FluxError | None) -> None:
             self._deliver(index, request, next(iter(submitted), None), result, error)
@@ -181,11 +204,23 @@ class _Run:
     async def run(self, requests: Requests) -> None:
         try:
             async with anyio.create_task_group() as group:
+                self._group = group
                 index = 0
-                async for request in _each(requests):
-                    await self._window.acquire()  # given back as the consumer takes one
-                    group.start_soon(self._one, index, request)
-                    index += 1
+                try:
+                    async for request in _each(requests):
+                        # A waiting acquire is woken by the consumer's release before a
+                        # cancellation can land (anyio skips tasks whose wait is done):
+                        # without this check, closing the client under an endless
+                        # input would never stop this loop.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                        await self._window.acquire()  # given back as the consumer takes one
+                        group.start_soon(self._one, index, request)
+                        index += 1
+                except Exception as exc:  # the input raised: not wrapped in a group
+                    self._fail(exc)
+            self._group = None
+            if self.failure is not None:
+                return
             # All submitted: wait until every outcome has been taken by the consumer.
             for _ in range(self._size):
                 await self._window.acquire()
@@ -205,13 +240,15 @@ async def run_map(
     *,
     ordered: bool,
     on_event: Callable[[MapEvent], None] | None,
-) -> BaseException | None:
+    on_failure: Callable[[Exception], None],
+) -> None:
     """Run every request through ``follow``, sending each ``Outcome`` to ``send``.
 
     ``window`` (``size`` permits, the stream's buffer size) is acquired per request
-    and released by the consumer as it takes each outcome. Returns the exception
-    a progress hook raised while delivering, if any.
+    and released by the consumer as it takes each outcome. If the input or a
+    progress hook raises, ``on_failure`` gets that exception (once, at once) and
+    the run stops.
     """
-    run = _Run(follow, send, window, size, ordered=ordered, on_event=on_event)
+    run = _Run(follow, send, window, size, ordered=ordered, on_event=on_event,
+               on_failure=on_failure)
     await run.run(requests)
-    return run.failure

@@ -5,9 +5,19 @@ pending tasks cost about N/chunk_size requests a round, not N. A task resolves
 in the round that first reports it finished. A failed round (5xx, reset,
 timeout, garbled body, 429) changes nothing: the next round asks again. If the
 service refuses ``retrieve_batch`` the poller falls back to ``retrieve`` per id
-for the rest of the client's life. Ids missing from several answers in a row are
-asked for one by one, so an id the service does not know fails with
-``NotFoundError`` instead of waiting for its deadline.
+for the rest of the client's life.
+
+Not found is decided in time, not in rounds. A task the service created a
+moment ago may not be visible on ``/flux/tasks`` yet, and a round comes every
+0.2 s when busy: counting rounds would declare paid tasks lost. So for
+``not_found_grace`` seconds after an id became known (the submission's answer,
+or the start of ``wait(id)``) a missing id or a 404 only means "not yet": it
+keeps costing its share of the batch queries, nothing more. After the grace, an
+id missing from several answers in a row is asked for alone, and a 404 then
+ends its wait with ``TaskNotFoundError``.
+
+Every error that ends a wait carries its task id: an error that ends several
+(a refused token) is bound to each task separately (``_errors._TaskBound``).
 
 The poller runs only while something is followed, and stops with the client.
 What an answer *means* is decided in ``_protocol``/``_state``; this module only
@@ -16,31 +26,33 @@ schedules and routes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 
+from ._done import Done
 from ._errors import (
     APIError,
     AuthenticationError,
+    ClientClosedError,
     FluxError,
+    ForbiddenError,
     InsufficientBalanceError,
     NotFoundError,
     RateLimitError,
     ServerError,
     TransportError,
+    for_task,
 )
 from ._limits import RateLimiter
 from ._models import ImageRequest, Task, TaskStatus
 from ._protocol import read_task, task_id_of
 from ._state import classify
 
-__all__ = ["Done", "Entry", "Poller"]
+__all__ = ["DEFAULT_NOT_FOUND_GRACE", "Done", "Entry", "Poller"]
 
 log = logging.getLogger("flux_async")
 
@@ -48,54 +60,16 @@ FetchBatch = Callable[[Sequence[str]], Awaitable[list[Mapping[str, Any]]]]
 FetchOne = Callable[[str], Awaitable[Mapping[str, Any]]]
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
-# After this many answers in a row without an id, ask for that id alone.
+# Refusals of a task query that asking again will not change: they end the waits.
+_ENDS_WAITS = (AuthenticationError, InsufficientBalanceError, ForbiddenError)
+# After the grace, this many answers in a row without an id: ask for that id alone.
 MISSING_ROUNDS = 3
+# Seconds a known task id may stay unknown to /flux/tasks before it is declared lost.
+# Generous: the cost of waiting is a few free batch slots; the cost of giving up
+# is a paid task nobody collects (and often a second one paid to replace it).
+DEFAULT_NOT_FOUND_GRACE = 300.0
 # Finished tasks remembered, so ``wait()`` after ``submit()`` needs no query.
 RECENT_RESULTS = 1024
-
-
-class Done:
-    """A one-shot flag to wait on, as ``anyio.Event`` (``set``/``is_set``/``wait``), but small.
-
-    Every pending task holds one. An ``anyio.Event`` (an ``asyncio.Event`` and its
-    deque) takes about 1 KB before anyone waits: 10 MB at 10,000 pending tasks.
-    This takes under 60 bytes, plus one future per waiter while it waits. As with
-    anyio, ``wait()`` on a flag already set still yields once (a checkpoint).
-    """
-
-    __slots__ = ("_set", "_waiters")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._waiters: list[asyncio.Future[None]] | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        if self._set:
-            return
-        self._set = True
-        waiters, self._waiters = self._waiters, None
-        for future in waiters or ():
-            if not future.done():
-                future.set_result(None)
-
-    async def wait(self) -> None:
-        if self._set:
-            await anyio.lowlevel.checkpoint()
-            return
-        future = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = [future]
-        else:
-            self._waiters.append(future)
-        try:
-            await future
-        except BaseException:
-            if self._waiters is not None and future in self._waiters:  # cancelled
-                self._waiters.remove(future)
-            raise
 
 
 class Entry:
@@ -112,6 +86,7 @@ class Entry:
     __slots__ = (
         "background",
         "callback_nonce",
+        "confirming",
         "done",
         "error",
         "missing",
@@ -120,13 +95,16 @@ class Entry:
         "recheck",
         "release",
         "request",
+        "since",
         "task",
         "task_id",
         "waiters",
     )
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str, since: float = 0.0) -> None:
         self.task_id = task_id
+        self.since = since  # when the id became known: the not-found grace starts here
+        self.confirming = False  # a query of this task alone is under way (a callback's hint)
         self.waiters = 0
         self.background = False
         self.not_before = 0.0  # loop time before which rounds skip it (callback mode)
@@ -161,6 +139,8 @@ class Poller:
         busy_interval: float,
         is_busy: Callable[[], bool],
         chunk_size: int,
+        not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
+        clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         self._fetch_batch = fetch_batch
         self._fetch_one = fetch_one
@@ -170,6 +150,8 @@ class Poller:
         self.busy_interval = busy_interval
         self._is_busy = is_busy
         self.chunk_size = chunk_size
+        self.not_found_grace = not_found_grace
+        self._clock = clock
         self._entries: dict[str, Entry] = {}
         self.recent: OrderedDict[str, Task] = OrderedDict()
         self._running = False
@@ -187,7 +169,7 @@ class Poller:
         """The entry for ``task_id``, created (and the poller started) if new."""
         entry = self._entries.get(task_id)
         if entry is None:
-            entry = self._entries[task_id] = Entry(task_id)
+            entry = self._entries[task_id] = Entry(task_id, self._clock())
         if not self._running and not self.closed:
             self._running = True
             self._spawn(self._run)
@@ -230,7 +212,7 @@ class Poller:
 
     def fail(self, entry: Entry, error: FluxError) -> None:
         """End an entry with an error that is not the task's own (404, bad token...)."""
-        entry.error = error
+        entry.error = for_task(error, entry.task_id)
         self._settle(entry)
 
     def _settle(self, entry: Entry) -> None:
@@ -243,11 +225,42 @@ class Poller:
             except Exception:  # a callback's bug must not stop the poller for everyone
                 log.exception("a settle callback of task %s failed", entry.task_id)
 
-    def close(self, error: FluxError) -> None:
-        """Fail every entry (the client is closing); no round starts after this."""
+    def close(self, error: ClientClosedError) -> list[str]:
+        """Fail every entry (the client is closing); no round starts after this.
+
+        Each waiter gets its own ``TaskClosedError`` naming its task. Returns the
+        ids of the tasks this client submitted that had not resolved.
+        """
         self.closed = True
+        unresolved = [e.task_id for e in self._entries.values() if e.request is not None]
         for entry in list(self._entries.values()):
             self.fail(entry, error)
+        return unresolved
+
+    def lost(self, entry: Entry, now: float) -> bool:
+        """Whether a followed id that the service does not know may be declared lost."""
+        return now - entry.since >= self.not_found_grace
+
+    def confirm(self, task_id: str) -> bool:
+        """Ask the service about a followed task right away (a callback hinted it ended).
+
+        One query of that task alone, free; its answer decides, as any round's
+        would. Returns whether the task is followed. At most one such query per
+        task is under way at a time, so repeated hints cost nothing more.
+        """
+        entry = self._entries.get(task_id)
+        if entry is None:
+            return False
+        if not entry.confirming and not self.closed:
+            entry.confirming = True
+            self._spawn(lambda: self._confirm(entry))
+        return True
+
+    async def _confirm(self, entry: Entry) -> None:
+        try:
+            await self._poll_one(entry.task_id)
+        finally:
+            entry.confirming = False
 
     # --- rounds ----------------------------------------------------------------
 
@@ -296,7 +309,12 @@ class Poller:
                 for task_id in due:
                     if task_id in self._entries:
                         group.start_soon(self._poll_one, task_id)
-        lost = [e.task_id for e in self._entries.values() if e.missing >= MISSING_ROUNDS]
+        now = self._clock()
+        lost = [
+            e.task_id
+            for e in self._entries.values()
+            if e.missing >= MISSING_ROUNDS and self.lost(e, now)
+        ]
         if lost:
             async with anyio.create_task_group() as group:
                 for task_id in lost:
@@ -326,7 +344,7 @@ class Poller:
         except FluxError as exc:
             if self._transient(exc, ticket):
                 return
-            if isinstance(exc, (AuthenticationError, InsufficientBalanceError)):
+            if isinstance(exc, _ENDS_WAITS):
                 self._fail_all(task_ids, exc)
             elif isinstance(exc, APIError) and self.batch_supported:
                 # The action itself is refused (not implemented here): ask per id.
@@ -350,10 +368,18 @@ class Poller:
         try:
             item = await self._fetch_one(task_id)
         except FluxError as exc:
-            if not self._transient(exc, ticket) and (
-                isinstance(exc, (NotFoundError, AuthenticationError, InsufficientBalanceError))
-            ):
-                self._fail_all([task_id], exc)
+            if self._transient(exc, ticket):
+                return
+            entry = self._entries.get(task_id)
+            if entry is None:
+                return
+            if isinstance(exc, NotFoundError):
+                if self.lost(entry, self._clock()):
+                    self.fail(entry, exc)
+                else:  # not visible yet: the task exists, it is not lost
+                    entry.missing += 1
+            elif isinstance(exc, _ENDS_WAITS):
+                self.fail(entry, exc)
             return
         self._limiter.succeeded()
         entry = self._entries.get(task_id)
@@ -372,4 +398,5 @@ class Poller:
             self.fail(entry, exc)
             return
         self.resolve(task)
+
 

@@ -230,6 +230,9 @@ class ClientSettings:
     callback_secret: str | None = attrs.field(default=None, validator=_secret, repr=False)
     # None: ``{base_url}/files/upload`` (the vendor's storage page; a local server's own).
     upload_url: str | None = attrs.field(default=None, validator=_callback_url)
+    # Seconds a known task id may stay unknown to /flux/tasks before it is declared
+    # lost (``_poller.DEFAULT_NOT_FOUND_GRACE``); 0: at once, as a test may want.
+    not_found_grace: float = attrs.field(default=300.0, validator=_number(allow_zero=True))
 
     @property
     def effective_submit_burst(self) -> int:

@@ -97,6 +97,7 @@ class FluxClient:
         callback_poll_interval: float = 30.0,
         callback_secret: str | None = None,
         upload_url: str | None = None,
+        not_found_grace: float = 300.0,
     ) -> None:
         # A closure, not stored arguments: no repr ever shows the key. Kept to build
         # the client again in a forked child.
@@ -110,6 +111,7 @@ class FluxClient:
                 resend_uncertain=resend_uncertain, callback_url=callback_url,
                 callback_poll_interval=callback_poll_interval,
                 callback_secret=callback_secret, upload_url=upload_url,
+                not_found_grace=not_found_grace,
             )
 
         self._make = make

@@ -35,14 +35,21 @@ The token proves the post came from a URL this client (or one with the same
 
 **Logs.** The token travels in the query string, which aiohttp's default access
 log prints: log ``request.path`` instead (``examples/web_service.py`` shows an
-access logger doing so). Tokens are per submission, so one that leaks opens no
-other task this client follows, but it does authenticate unclaimed posts.
+access logger doing so). Tokens are per submission, so one that leaks settles no
+other task this client follows (at most it makes the client ask the service
+about that task, which is free), but it does authenticate unclaimed posts.
+
+**Failures are confirmed.** A callback reporting a failure never fails a wait by
+itself: the client queries that task at once and the service's answer decides.
+So does a callback for a task followed through ``wait(id)`` alone (after a
+restart no token is bound to it). Both answer 200 with ``result: "confirming"``.
 
 **Answers.** 403 missing or wrong token (also a token issued for another of this
 client's tasks), 413 a body over ``max_body`` (by ``Content-Length`` or while
 reading), 400 not JSON or not a result's shape, 409 contradicts what was submitted
-(or the result already received), 404 unclaimed without a hook, 200 accepted or a
-harmless duplicate. A rejected post changes nothing.
+(or the result already received), 404 unclaimed without a hook, 200 accepted
+(``resolved``, ``held``, ``confirming``) or a harmless duplicate. A rejected post
+changes nothing.
 """
 
 from __future__ import annotations
@@ -74,8 +81,8 @@ class CallbackReceiver(Receiver):
     ``client`` is the ``FluxClient`` the callbacks belong to; when ``None`` it is
     looked up as ``request.config_dict[FLUX_CLIENT]`` at each request, so the
     route can be mounted before the client exists (it is created at startup).
-    ``counts`` tallies the verdicts (``resolved``, ``held``, ``duplicate``,
-    ``unclaimed``, ``rejected``) for metrics and tests.
+    ``counts`` tallies the verdicts (``resolved``, ``confirming``, ``held``,
+    ``duplicate``, ``unclaimed``, ``rejected``) for metrics and tests.
     """
 
     async def handle(self, request: web.Request) -> web.Response:

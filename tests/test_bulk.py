@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from flux_async import (
+    ClientClosedError,
     ConnectError,
     EditRequest,
     FluxClient,
@@ -20,6 +21,7 @@ from flux_async import (
     MapEvent,
     Outcome,
     SubmissionUncertainError,
+    TaskClosedError,
     TaskFailedError,
     TaskTimeoutError,
     ValidationError,
@@ -346,8 +348,74 @@ async def test_cancelling_during_the_paid_post_still_learns_the_task_id(
                 await eventually(lambda: server.stats.tasks_created == 1)
                 group.cancel_scope.cancel()  # the POST is on the wire, its answer not yet back
         assert not outer.cancelled_caught
+        # The POST was let answer: its task is followed in the background, holding
+        # its slot, and its id reaches the progress hook and a WARNING record.
+        await eventually(lambda: bool(submitted))
         created = set(server.stats.finish_times)
-        assert client.in_flight == 0
+        assert client.in_flight == 1
     assert len(created) == 1
-    assert submitted == list(created)  # the id reached the progress hook despite the cancel
-    assert any(next(iter(created)) in r.getMessage() for r in caplog.records)
+    assert submitted == list(created)
+    assert any(next(iter(created)) in r.getMessage() for r in caplog.records
+               if r.levelno >= logging.WARNING)
+
+
+# --- map raises the error itself ----------------------------------------------------
+
+
+def _failing_input() -> Iterator[GenerateRequest]:
+    yield GenerateRequest("first")
+    raise KeyError("the input broke")
+
+
+def _hook_failing_on(kind: str) -> object:
+    def hook(event: MapEvent) -> None:
+        if event.kind == kind:
+            raise KeyError(f"the hook broke on {kind}")
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    ("requests", "on_event", "message"),
+    [
+        (_failing_input, None, "the input broke"),
+        (lambda: _requests(3), _hook_failing_on("submitted"), "the hook broke on submitted"),
+        (lambda: _requests(3), _hook_failing_on("succeeded"), "the hook broke on succeeded"),
+    ],
+)
+async def test_map_raises_the_underlying_error_not_a_group(
+    requests: object, on_event: object, message: str
+) -> None:
+    before = asyncio.all_tasks()
+    async with LocalFluxServer(FAST) as server, client_for(server) as client:
+        with pytest.raises(KeyError, match=message):
+            await _collect(client, requests(), on_event=on_event)  # type: ignore[operator]
+        assert await client.generate("still usable")
+    gc.collect()
+    assert asyncio.all_tasks() - before == set()
+
+
+async def test_map_raises_client_closed_when_the_client_closes_under_it() -> None:
+    async with LocalFluxServer(SLOW) as server:
+        client = client_for(server, max_concurrency=3)
+        async with client:
+            got: list[Outcome] = []
+
+            def endless() -> Iterator[GenerateRequest]:
+                n = 0
+                while True:
+                    n += 1
+                    yield GenerateRequest(f"p {n}")
+
+            async def consume() -> None:
+                async for outcome in client.map(endless()):
+                    got.append(outcome)
+
+            task = asyncio.get_running_loop().create_task(consume())
+            await eventually(lambda: server.stats.tasks_created == 3)
+        with pytest.raises(ClientClosedError):  # not an ExceptionGroup, not a quiet end
+            await task
+    # Outcomes delivered before: the waits the close ended, each naming its task.
+    assert all(isinstance(o.error, ClientClosedError) for o in got)
+    named = [o for o in got if isinstance(o.error, TaskClosedError)]
+    assert {o.task_id for o in named} == set(server.stats.finish_times)

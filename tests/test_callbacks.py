@@ -26,7 +26,7 @@ from flux_async.web import (
     callback_app,
 )
 
-from .conftest import client_for, serve
+from .conftest import client_for, eventually, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +78,7 @@ def queries(server: LocalFluxServer) -> int:
 
 
 @pytest.mark.parametrize(("sub_app", "tasks"), [(False, 200), (True, 30)])
-async def test_callbacks_resolve_waits_without_any_task_query(sub_app: bool, tasks: int) -> None:
+async def test_callbacks_resolve_waits_without_polling(sub_app: bool, tasks: int) -> None:
     settings = ServerSettings(generation_time=(0.05, 0.3), failure_rate=0.2, seed=11)
     async with LocalFluxServer(settings) as server:
         async with receiving(server, sub_app=sub_app, max_concurrency=tasks,
@@ -88,10 +88,16 @@ async def test_callbacks_resolve_waits_without_any_task_query(sub_app: bool, tas
             )
     assert all(not isinstance(o, BaseException) or isinstance(o, TaskFailedError)
                for o in outcomes)
-    assert any(isinstance(o, TaskFailedError) for o in outcomes)  # failures come by callback
-    assert queries(server) == 0
+    failures = sum(isinstance(o, TaskFailedError) for o in outcomes)
+    assert failures  # failures come by callback...
+    # ... and each is confirmed by one query of that task before it fails the wait;
+    # successes cost no query at all.
+    assert server.stats.requests["retrieve"] == failures
+    assert server.stats.requests["retrieve_batch"] == 0
     assert server.stats.callbacks_sent == tasks
-    assert receiver.counts["resolved"] + receiver.counts["held"] == tasks
+    counts = receiver.counts
+    assert counts["resolved"] + counts["held"] + counts["confirming"] == tasks
+    assert counts["confirming"] > 0
     assert receiver.counts["rejected"] == 0
     # The URL's own query is kept; every submission has a token of its own.
     assert all(parse_qs(urlsplit(u).query)["tenant"] == ["7"] for u in sent.urls.values())
@@ -309,3 +315,91 @@ def test_the_callback_secret_never_shows() -> None:
     assert SECRET not in repr(client) + repr(vars(client))
     receiver = CallbackReceiver(client)
     assert SECRET not in repr(receiver) + repr(vars(receiver))
+
+
+# --- a token opens exactly one task; failures are confirmed ---------------------------
+
+
+async def _post(url: str, body: Any) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
+        return response.status, (await response.json())["result"]
+
+
+def _failure(task_id: str) -> dict[str, Any]:
+    return {"success": False, "task_id": task_id, "trace_id": "t",
+            "error": {"code": "generation_failed", "message": "forged"}}
+
+
+async def test_a_leaked_token_cannot_settle_a_task_followed_after_a_restart() -> None:
+    async with LocalFluxServer(ServerSettings(generation_time=60.0, seed=41)) as server:
+        async with receiving(server) as (first, _, sent):
+            await first.submit(GenerateRequest("A"))
+            b = await first.submit(GenerateRequest("B"))
+        leaked = _token(sent.urls["A"])
+        # A new process with the same callback_secret follows B through wait(id).
+        async with receiving(server) as (second, receiver, _):
+            assert second.callback_url is not None
+            waiting = asyncio.get_running_loop().create_task(second.wait(b.id, timeout=20))
+            await eventually(lambda: second._poller.find(b.id) is not None)
+            before = server.stats.requests["retrieve"]
+            status, kind = await _post(_with_token(second.callback_url, leaked),
+                                       _body(b.id, "B"))
+            assert (status, kind) == (200, "confirming")  # a hint: the service is asked
+            await eventually(lambda: server.stats.requests["retrieve"] > before)
+            assert not waiting.done()
+            assert receiver.counts["resolved"] == 0
+            await server.finish_all()
+            result = await waiting
+    assert result.urls == [server.image_url(f"{b.id}-0.png")]  # the service's, not the post's
+
+
+@pytest.mark.parametrize("service_says", ["running", "succeeded"])
+async def test_a_failure_callback_is_confirmed_before_it_fails_a_wait(service_says: str) -> None:
+    settings = ServerSettings(generation_time=60.0, seed=42,
+                              callback_drop_rate=1.0 if service_says == "succeeded" else 0.0)
+    async with LocalFluxServer(settings) as server:
+        async with receiving(server) as (client, receiver, sent):
+            task = await client.submit(GenerateRequest("target"))
+            if service_says == "succeeded":
+                await server.finish_all()  # done, and its own callback lost on the way
+            # The task's own token, with a failure the service never reported.
+            status, kind = await _post(sent.urls["target"], _failure(task.id))
+            assert (status, kind) == (200, "confirming")
+            await eventually(lambda: server.stats.requests["retrieve"] == 1)
+            if service_says == "running":
+                assert client.in_flight == 1  # still followed, not failed
+                await server.finish_all()  # the genuine callback settles it
+            result = await client.wait(task, timeout=10)
+    assert result.urls == [server.image_url(f"{task.id}-0.png")]
+    assert receiver.counts["confirming"] == 1
+
+
+async def test_a_genuine_failure_callback_fails_the_wait_after_one_query() -> None:
+    settings = ServerSettings(generation_time=(0.05, 0.1), failure_rate=1.0, seed=44)
+    async with LocalFluxServer(settings) as server:
+        async with receiving(server) as (client, receiver, _):
+            with pytest.raises(TaskFailedError) as info:
+                await client.generate("doomed")
+    assert info.value.code == "generation_failed"
+    assert server.stats.requests["retrieve"] == 1
+    assert receiver.counts["confirming"] + receiver.counts["held"] == 1
+
+
+async def test_early_posts_for_other_task_ids_displace_nothing() -> None:
+    # The task ends and its callback goes out 0.6 s after the submission, whose own
+    # answer comes only at 1.5 s: the genuine callback is held. Posts with the same
+    # token for other task ids came first; they must neither win nor crowd it out.
+    settings = ServerSettings(generation_time=0.6, submit_answer_delay=1.5, seed=43)
+    async with LocalFluxServer(settings) as server:
+        async with receiving(server) as (client, receiver, sent):
+            job = asyncio.get_running_loop().create_task(client.generate("fast cat"))
+            await eventually(lambda: "fast cat" in sent.urls)
+            for other in ("another-task", "third-task", "fourth-task"):
+                assert await _post(sent.urls["fast cat"], _body(other, "fast cat")) == (
+                    200, "held")
+            with anyio.fail_after(10):
+                result = await job
+            assert client.in_flight == 0
+    assert result.urls == [server.image_url(f"{result.task_id}-0.png")]
+    assert receiver.counts["held"] == 4
+    assert queries(server) == 0  # the held genuine callback settled it

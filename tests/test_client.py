@@ -13,6 +13,7 @@ import pytest
 from flux_async import (
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     EditRequest,
     FluxClient,
     FluxError,
@@ -20,7 +21,9 @@ from flux_async import (
     InsufficientBalanceError,
     NotFoundError,
     ServerError,
+    TaskClosedError,
     TaskFailedError,
+    TaskNotFoundError,
     TaskStatus,
     TaskTimeoutError,
     ValidationError,
@@ -119,14 +122,33 @@ async def test_an_unknown_token_and_no_token(flux_server: LocalFluxServer) -> No
 
 
 async def test_unknown_task_is_not_found(flux_server: LocalFluxServer) -> None:
-    async with client_for(flux_server) as client:
+    unknown = "00000000-0000-0000-0000-000000000000"
+    async with client_for(flux_server, not_found_grace=0.3) as client:
         with pytest.raises(NotFoundError) as info:
-            await client.get_task("00000000-0000-0000-0000-000000000000")
+            await client.get_task(unknown)
         assert info.value.status == 404
         assert info.value.trace_id
-        # wait() on an id the service does not know ends too, instead of hanging.
-        with pytest.raises(NotFoundError):
-            await client.wait("00000000-0000-0000-0000-000000000000", timeout=30)
+        # wait() on an id the service does not know ends too once the grace has
+        # passed, instead of hanging, and names the task.
+        with pytest.raises(TaskNotFoundError) as lost:
+            await client.wait(unknown, timeout=30)
+    assert isinstance(lost.value, NotFoundError)
+    assert lost.value.task_id == unknown
+    assert lost.value.status == 404
+    assert unknown in str(lost.value)
+
+
+async def test_an_unknown_id_is_not_declared_lost_within_the_grace(
+    flux_server: LocalFluxServer,
+) -> None:
+    # The default grace is minutes: a short wait on an unknown id times out, as a
+    # wait on a task not yet visible must, and costs only batch queries.
+    async with client_for(flux_server) as client:
+        with pytest.raises(TaskTimeoutError) as info:
+            await client.wait("not-visible-yet", timeout=0.5)
+    assert info.value.task_id == "not-visible-yet"
+    assert flux_server.stats.requests["retrieve"] == 0
+    assert flux_server.stats.requests["retrieve_batch"] >= 3
 
 
 async def test_a_gateway_page_is_a_server_error_not_a_decode_error(
@@ -271,7 +293,10 @@ async def test_a_session_passed_in_is_left_open(flux_server: LocalFluxServer) ->
         assert not session.closed  # checked between the two exits
 
 
-async def test_closing_leaves_no_tasks_and_fails_waiters(flux_server: LocalFluxServer) -> None:
+async def test_closing_leaves_no_tasks_and_fails_waiters(
+    flux_server: LocalFluxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flux_async")
     flux_server.settings.generation_time = 30.0
     before = asyncio.all_tasks()
     client = client_for(flux_server)
@@ -288,6 +313,15 @@ async def test_closing_leaves_no_tasks_and_fails_waiters(flux_server: LocalFluxS
             group.start_soon(one)
         await eventually(lambda: flux_server.stats.tasks_created == 3)
     assert len(errors) == 3
-    assert type(errors[0]).__name__ == "ClientClosedError"
+    # Each waiter gets an error of its own, naming its task.
+    assert all(isinstance(e, ClientClosedError) and isinstance(e, TaskClosedError)
+               for e in errors)
+    created = set(flux_server.stats.finish_times)
+    assert {e.task_id for e in errors} == created  # type: ignore[attr-defined]
+    assert len({id(e) for e in errors}) == 3
+    # ... and the ids of the tasks left running are logged.
+    closing = [r.getMessage() for r in caplog.records if "closed with" in r.getMessage()]
+    assert len(closing) == 1
+    assert all(task_id in closing[0] for task_id in created)
     assert asyncio.all_tasks() - before == set()
     assert client.closed

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -85,8 +86,14 @@ async def test_failures_bad_input_and_unknown_ids() -> None:
             assert (await http.post("/images", data=b"nope")).status == 400
             response = await http.post("/images", json={"prompt": "doomed"})
             task_id = (await response.json())["task_id"]
-            await eventually(lambda: app[CALLBACK_RECEIVER].counts["resolved"] == 1)
-            body = await (await http.get(f"/images/{task_id}")).json()
+            # A failure callback is confirmed with the service (one query) first.
+            await eventually(lambda: app[CALLBACK_RECEIVER].counts["confirming"] == 1)
+            with anyio.fail_after(10):
+                while True:  # only observable over HTTP: ask until it is no longer pending
+                    body = await (await http.get(f"/images/{task_id}")).json()
+                    if body["status"] != "pending":
+                        break
+                    await anyio.sleep(0.02)
             assert body["status"] == "failed"
             assert body["error"]
             assert (await http.get("/images/no-such-task")).status == 404

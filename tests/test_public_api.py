@@ -18,6 +18,10 @@ EXPECTED = {
     "TransportError", "ValidationError", "__version__", "LocalImage",
     # web servers: callbacks and downloads
     "CallbackVerdict", "DownloadError", "ImageTooLargeError", "NotAnImageError",
+    # errors that end the wait for one task, naming it
+    "TaskAuthenticationError", "TaskClosedError", "TaskForbiddenError",
+    "TaskInsufficientBalanceError",
+    "TaskNotFoundError", "TaskProtocolError",
     # the vendor's 403 forbidden and 504 timeout
     "ForbiddenError", "UpstreamTimeoutError",
     # settings: the validated value, and the typed "use the client's default"

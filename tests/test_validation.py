@@ -127,6 +127,8 @@ ROWS: list[tuple[str, Call, type[FluxError], str]] = [
     ("upload-int", built(upload_url=5), ConfigurationError, "upload_url"),
     ("callback-poll-0", built(callback_poll_interval=0), ConfigurationError,
      "callback_poll_interval"),
+    ("grace-negative", built(not_found_grace=-1), ConfigurationError, "not_found_grace"),
+    ("grace-nan", built(not_found_grace=float("nan")), ConfigurationError, "not_found_grace"),
     ("secret-short", built(callback_secret="short"), ConfigurationError, "callback_secret"),
     ("secret-int", built(callback_secret=1234567890123456789), ConfigurationError,
      "callback_secret"),
