@@ -237,7 +237,7 @@ async def again_next_round(policy: Policy, error: BaseException, gate: Gate, tic
         return False
     if isinstance(error, RateLimitError) and policy.on_429 == "gate":
         pause = await _penalize(gate, error, ticket)
-        log.warning(describe(policy.what, error, f"pausing them {pause:.1f}s"))
+        log.warning(describe(policy.what, error, f"pausing every {policy.what} {pause:.1f}s"))
     else:
         log.log(policy.level, describe(policy.what, error, f"{policy.again} next round"))
     return True
@@ -324,7 +324,7 @@ class Attempts:
         if penalty is not None:
             assert self._gate is not None
             pause = await _penalize(self._gate, *penalty)
-            log.warning(describe(what, error, f"pausing them {pause:.1f}s", **self._count))
+            log.warning(describe(what, error, f"pausing every {what} {pause:.1f}s", **self._count))
         elif isinstance(error, RateLimitError) and self.policy.on_429 == "gate":
             # The request paused its gate itself; the next turn waits it out.
             log.warning(describe(
@@ -393,10 +393,13 @@ async def call(
     backoff: Backoff,
     deadline: float | None = None,
     gate: Gate | None = None,
+    rate_limited_attempts: int | None = None,
+    resend_uncertain: bool = False,
 ) -> T:
     """``await fn()``, tried again as ``policy`` allows (the loop above, in one call)."""
     async for attempt in Attempts(
-        policy, attempts=attempts, backoff=backoff, deadline=deadline, gate=gate
+        policy, attempts=attempts, backoff=backoff, deadline=deadline, gate=gate,
+        rate_limited_attempts=rate_limited_attempts, resend_uncertain=resend_uncertain,
     ):
         with attempt:
             return await fn()
