@@ -261,8 +261,8 @@ async def test_a_429_on_a_gated_request_pauses_the_gate_with_that_tries_ticket(
     assert seen == [1, 2, 3]  # a turn of the gate before every try
     assert gate.penalties == [(None, 1)]  # the 429 of try 1, with its ticket
     assert gate.successes == 1
-    assert ("task query failed (attempt 1 of 3): RateLimitError: HTTP 429: slow; pausing every task query 2.0s"
-            in caplog.text)
+    assert ("task query failed (attempt 1 of 3): RateLimitError: HTTP 429: slow; "
+            "pausing every task query 2.0s") in caplog.text
 
 
 @pytest.mark.anyio
