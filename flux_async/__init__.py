@@ -5,8 +5,16 @@
 ...     print(result.urls)
 
 Everything public is re-exported here; the modules behind it are private, except
-``flux_async.web`` (the aiohttp.web callback receiver, imported on demand) and
-``flux_async.testing`` (a local server of the API).
+these public submodules, each imported only when you import it:
+
+- ``flux_async.web``: the aiohttp.web callback receiver;
+- ``flux_async.asgi``: the callback route for Starlette and FastAPI apps (extra
+  ``asgi`` or ``fastapi``);
+- ``flux_async.sync``: ``FluxClient`` for blocking code (scripts, notebooks,
+  Django, Flask);
+- ``flux_async.redis``: Redis building blocks for several processes sharing one
+  token's limits (extra ``redis``);
+- ``flux_async.testing``: a local server of the API.
 """
 
 from ._callbacks import CallbackVerdict
