@@ -40,6 +40,7 @@ import anyio
 
 from ._callbacks import CallbackBook, CallbackVerdict, adopt_early, judge
 from ._download import (
+    DEFAULT_DOWNLOAD_TIMEOUT,
     DEFAULT_MAX_IMAGE_BYTES,
     DownloadTarget,
     Fetcher,
@@ -663,6 +664,7 @@ class FluxClient:
         concurrency: int = 4,
         max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         overwrite: bool = False,
+        timeout: float | None = DEFAULT_DOWNLOAD_TIMEOUT,
     ) -> list[pathlib.Path]:
         """Save images to files under ``directory`` (created if missing); return the paths.
 
@@ -674,19 +676,25 @@ class FluxClient:
         (not ``image/*``), ``ImageTooLargeError`` (over ``max_bytes``), another
         ``DownloadError`` (an HTTP error, or failures that outlasted the retries),
         ``FileExistsError`` unless ``overwrite``. The first failure cancels the rest;
-        files already complete stay.
+        files already complete stay. ``timeout`` bounds each image, retries
+        included (``DownloadTimeoutError``; ``None``: no bound).
         """
         return await download_images(
             await self._fetcher(), target, directory, prefix=prefix,
             concurrency=concurrency, max_bytes=max_bytes, overwrite=overwrite,
+            timeout=timeout,
         )
 
     async def fetch_image(
-        self, image: Image | str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+        self,
+        image: Image | str,
+        *,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        timeout: float | None = DEFAULT_DOWNLOAD_TIMEOUT,
     ) -> bytes:
-        """An image's bytes in memory; the same checks and retries as ``download``."""
+        """An image's bytes in memory; the same checks, retries and deadline as ``download``."""
         url = image.url if isinstance(image, Image) else image
-        return await fetch_bytes(await self._fetcher(), url, max_bytes)
+        return await fetch_bytes(await self._fetcher(), url, max_bytes, timeout=timeout)
 
     async def _query(self, fetch: Callable[[], Awaitable[Any]]) -> Any:
         """A free task query, retried with backoff on failures that may pass."""

@@ -45,6 +45,7 @@ import attrs
 from . import _http
 from ._errors import (
     DownloadError,
+    DownloadTimeoutError,
     ImageTooLargeError,
     NotAnImageError,
     TransportError,
@@ -88,14 +89,6 @@ class Fetcher:
     timeout: aiohttp.ClientTimeout
     attempts: int
     backoff: Backoff
-
-
-class DownloadTimeoutError(DownloadError, TimeoutError):
-    """An image did not arrive whole within its deadline; nothing of it is kept."""
-
-    def __init__(self, url: str, timeout: float) -> None:
-        super().__init__(f"downloading {url} timed out after {timeout:g} s", url=url)
-        self.timeout = timeout
 
 
 # --- names ---------------------------------------------------------------------------

@@ -26,7 +26,8 @@ translates them once, with ``raise ... from`` so the original stays on
     ├── SubmissionUncertainError    a paid submission whose fate is unknown: not re-sent
     ├── DownloadError               an image could not be fetched or saved: url, status
     │   ├── NotAnImageError         the answer's content type is not image/*
-    │   └── ImageTooLargeError      the body is over max_bytes (nothing is kept)
+    │   ├── ImageTooLargeError      the body is over max_bytes (nothing is kept)
+    │   └── DownloadTimeoutError    not whole within its deadline (also TimeoutError)
     └── TaskError                   about one task, carries task_id
         ├── TaskFailedError         the service says the task failed: code, message
         ├── TaskTimeoutError        the deadline passed; the task may still finish
@@ -54,6 +55,7 @@ __all__ = [
     "DownloadError",
     "FluxError",
     "ForbiddenError",
+    "DownloadTimeoutError",
     "ImageTooLargeError",
     "InsufficientBalanceError",
     "NetworkError",
@@ -287,6 +289,14 @@ class ImageTooLargeError(DownloadError):
     def __init__(self, url: str, max_bytes: int, *, status: int) -> None:
         super().__init__(f"{url} is larger than {max_bytes} bytes", url=url, status=status)
         self.max_bytes = max_bytes
+
+
+class DownloadTimeoutError(DownloadError, TimeoutError):
+    """An image did not arrive whole within its deadline; nothing of it is kept."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        super().__init__(f"downloading {url} timed out after {timeout:g} s", url=url)
+        self.timeout = timeout
 
 
 class TaskError(FluxError):

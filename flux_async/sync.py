@@ -38,7 +38,7 @@ from typing import Any
 from ._blocking import Loop, iterate_map
 from ._callbacks import CallbackVerdict
 from ._client import FluxClient as AsyncFluxClient
-from ._download import DEFAULT_MAX_IMAGE_BYTES, DownloadTarget
+from ._download import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, DownloadTarget
 from ._map import MapEvent
 from ._models import Image, ImageRequest, ImageResult, Outcome, Task
 from ._settings import USE_CLIENT_DEFAULT, ClientSettings, UseClientDefault
@@ -277,6 +277,7 @@ class FluxClient:
         concurrency: int = 4,
         max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         overwrite: bool = False,
+        timeout: float | None = DEFAULT_DOWNLOAD_TIMEOUT,
     ) -> list[pathlib.Path]:
         """See ``flux_async.FluxClient.download``."""
         if not isinstance(target, (ImageResult, Image)):
@@ -284,14 +285,19 @@ class FluxClient:
         return self._loop.call(functools.partial(
             self._client.download, target, directory, prefix=prefix,
             concurrency=concurrency, max_bytes=max_bytes, overwrite=overwrite,
+            timeout=timeout,
         ))
 
     def fetch_image(
-        self, image: Image | str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+        self,
+        image: Image | str,
+        *,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        timeout: float | None = DEFAULT_DOWNLOAD_TIMEOUT,
     ) -> bytes:
         """See ``flux_async.FluxClient.fetch_image``."""
         return self._loop.call(functools.partial(
-            self._client.fetch_image, image, max_bytes=max_bytes
+            self._client.fetch_image, image, max_bytes=max_bytes, timeout=timeout
         ))
 
     def map(

@@ -260,6 +260,17 @@ async def test_a_trickling_body_hits_the_per_image_deadline(tmp_path: Path) -> N
     assert files(tmp_path) == []
 
 
+async def test_the_clients_download_takes_the_deadline(tmp_path: Path) -> None:
+    # FluxClient.download / fetch_image pass timeout= down to the per-image deadline.
+    async with trickling() as (base, _sent):
+        async with FluxClient("k", base_url="http://127.0.0.1:9") as client:
+            with pytest.raises(DownloadTimeoutError):
+                await client.download(Image(f"{base}/slow.png"), tmp_path, timeout=0.3)
+            with pytest.raises(DownloadTimeoutError):
+                await client.fetch_image(f"{base}/slow.png", timeout=0.3)
+    assert files(tmp_path) == []
+
+
 async def test_a_deadline_is_validated(tmp_path: Path) -> None:
     async with fetcher() as fetch:
         for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):

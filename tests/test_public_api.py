@@ -17,7 +17,8 @@ EXPECTED = {
     "TaskError", "TaskErrorInfo", "TaskFailedError", "TaskStatus", "TaskTimeoutError",
     "TransportError", "ValidationError", "__version__", "LocalImage",
     # web servers: callbacks and downloads
-    "CallbackVerdict", "DownloadError", "ImageTooLargeError", "NotAnImageError",
+    "CallbackVerdict", "DownloadError", "DownloadTimeoutError", "ImageTooLargeError",
+    "NotAnImageError",
     # errors that end the wait for one task, naming it
     "TaskAuthenticationError", "TaskClosedError", "TaskForbiddenError",
     "TaskInsufficientBalanceError",
