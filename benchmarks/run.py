@@ -29,9 +29,10 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.contenders import callback_available
-from benchmarks.report import combine, format_notes, format_ratios, format_table, make_row
-from benchmarks.scenarios import CONTENDERS, Scenario, scenarios
+from benchmarks.report import combine, format_notes, format_table, make_row
+from benchmarks.scenarios import CONTENDERS, SCENARIO_KEYS, Scenario, scenarios
 from benchmarks.servers import ROOT, ServerProcess
+from benchmarks.targets import format_relative, format_targets
 
 __all__ = ["main", "run_scenario"]
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="scaled-down run, under a minute")
-    parser.add_argument("--scenario", action="append", choices=["1", "2", "3"],
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIO_KEYS),
                         help="run only this scenario (repeatable)")
     parser.add_argument("--contender", action="append", choices=list(CONTENDERS),
                         help="run only this contender (repeatable)")
@@ -171,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    flux_async (callback) skipped in [{', '.join(skipped)}]: "
               "flux_async.web is not in this checkout.")
     print()
-    print(format_ratios(rows, chosen))
+    print(format_targets(rows, chosen))
+    print()
+    print(format_relative(rows, chosen))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"quick": args.quick, "rows": rows,
