@@ -15,6 +15,7 @@ __all__ = [
     "CONTENDERS",
     "CONTENDER_LABELS",
     "DEFAULT_CONTENDERS",
+    "LIMITS",
     "SCENARIO_KEYS",
     "SIZE",
     "Scenario",
@@ -36,6 +37,8 @@ CONTENDER_LABELS: dict[str, str] = {
     "floor_batch": "floor: retrieve_batch",
 }
 CONTENDERS = tuple(CONTENDER_LABELS)
+#: Server limits a scenario sets, which ``--limit`` may change.
+LIMITS = ("max_in_flight", "submit_rate", "query_rate")
 #: Scenario keys, for command-line choices.
 SCENARIO_KEYS = ("1", "2", "3", "4", "5")
 #: The contenders a scenario runs unless it says otherwise (``flux_async_generate``
@@ -101,6 +104,12 @@ class Scenario:
     @property
     def mean_generation(self) -> float:
         return sum(self.generation) / 2
+
+    def overridden(self, settings: Mapping[str, Any], limits: Mapping[str, Any]) -> Scenario:
+        """This scenario with flux_async settings and server limits changed (``--set``,
+        ``--limit``); the notes under the table then show them."""
+        return dataclasses.replace(self, flux_settings={**self.flux_settings, **settings},
+                                   **limits)
 
     def server_args(self) -> list[str]:
         """Command-line options of ``python -m flux_async.testing`` for this scenario."""
