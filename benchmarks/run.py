@@ -208,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         print("Settings or limits changed on the command line (--set, --limit): the "
               "targets below are not measured at the scenarios' own settings.")
     print(format_targets(rows, chosen))
-    print()
-    print(format_relative(rows, chosen))
+    relative = format_relative(rows, chosen)
+    if relative:
+        print()
+        print(relative)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"quick": args.quick, "rows": rows,

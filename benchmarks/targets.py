@@ -166,4 +166,4 @@ def format_relative(rows: Sequence[dict[str, Any]], scenarios: Sequence[Scenario
                 if r is not None:
                     parts.append(f"{name} {r:.2f}x")
             lines.append(f"  [{s.key}] {row['label']:<22} " + ", ".join(parts))
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 1 else ""
