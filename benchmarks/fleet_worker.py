@@ -25,6 +25,7 @@ End of stdin closes the client and exits. The parent's side is ``WorkerProcess``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -81,9 +82,10 @@ async def _child(spec: Mapping[str, Any]) -> None:
     )
     receiver_url = None
     runner: web.AppRunner | None = None
+    counts: dict[str, int] = {}
     if spec.get("listen"):
         app = web.Application()
-        add_callback_route(app, CALLBACK_PATH, client)
+        counts = add_callback_route(app, CALLBACK_PATH, client).counts
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -121,7 +123,7 @@ async def _child(spec: Mapping[str, Any]) -> None:
             await runner.cleanup()
         if coordinator is not None:
             await coordinator.close()
-    _emit("closed")
+    _emit("closed", counts=dict(counts))
 
 
 def _coordination(coordinator: Any) -> dict[str, Any]:
@@ -147,10 +149,14 @@ def main(argv: list[str]) -> None:
 class WorkerProcess:
     """A worker started with ``spec``; its events collected by a reader thread."""
 
-    def __init__(self, spec: Mapping[str, Any], *, name: str = "worker") -> None:
+    def __init__(
+        self, spec: Mapping[str, Any], *, name: str = "worker",
+        changed: threading.Condition | None = None,
+    ) -> None:
         self.name = name
         self.events: list[Event] = []
-        self._changed = threading.Condition()
+        # Shared by a Fleet's workers, so one wait can watch them all.
+        self._changed = changed if changed is not None else threading.Condition()
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
@@ -215,10 +221,8 @@ class WorkerProcess:
     def close(self, timeout: float = 30.0) -> int:
         """End of stdin: the worker closes its client and exits; returns its exit code."""
         if self.proc.poll() is None and self.proc.stdin is not None:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
-            except BrokenPipeError:
-                pass
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -228,16 +232,38 @@ class WorkerProcess:
         return code
 
     def stop(self) -> None:
-        """Whatever is left running (a failed test's leftovers)."""
+        """Kill it if still running (a failed test's leftovers); free its pipes."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         if self.proc.stdin is not None and not self.proc.stdin.closed:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
-            except BrokenPipeError:
-                pass
         self._stderr.close()
+
+
+class Fleet:
+    """Workers whose events wake one shared condition: a wait can span them all."""
+
+    def __init__(self) -> None:
+        self.workers: list[WorkerProcess] = []
+        self._changed = threading.Condition()
+
+    def spawn(self, spec: Mapping[str, Any]) -> WorkerProcess:
+        worker = WorkerProcess(spec, name=f"worker-{len(self.workers)}", changed=self._changed)
+        self.workers.append(worker)
+        return worker
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str = "") -> None:
+        """Block until ``condition()`` holds (checked at every event); fail after ``timeout``."""
+        with self._changed:
+            if not self._changed.wait_for(condition, timeout):
+                raise TimeoutError(f"not met in {timeout} s: {what}; stderr: "
+                                   + " | ".join(w.stderr() for w in self.workers))
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
 
 
 if __name__ == "__main__":
