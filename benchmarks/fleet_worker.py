@@ -129,9 +129,10 @@ async def _child(spec: Mapping[str, Any]) -> None:
 def _coordination(coordinator: Any) -> dict[str, Any]:
     """The client settings that put ``coordinator`` in charge and report recoveries."""
 
-    def on_recovered(task_id: str, outcome: Any) -> None:
-        ok = not isinstance(outcome, BaseException)
-        _emit("recovered", id=task_id, ok=ok, kind=type(outcome).__name__)
+    def on_recovered(recovered: Any) -> None:
+        error = recovered.error
+        _emit("recovered", id=recovered.task_id, ok=recovered.ok,
+              kind=None if error is None else type(error).__name__)
 
     return {"coordinator": coordinator, "on_recovered": on_recovered}
 
@@ -239,6 +240,9 @@ class WorkerProcess:
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
+        self._reader.join(5)  # at the end of the output, which the exit brought
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._stderr.close()
 
 

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 from aiohttp import web
 
 from examples.web_service import create_app
-from flux_async import FluxError
+from flux_async import Recovered
 from flux_async.redis import RedisCoordinator
 
 log = logging.getLogger("fleet_service")
@@ -50,14 +49,14 @@ def _required(name: str) -> str:
     return value
 
 
-def _recovered(task_id: str, outcome: Any) -> None:
+def _recovered(recovered: Recovered) -> None:
     # A task a dead worker had submitted, followed to its end by this one. A real
     # service would store the outcome where its status route finds it; here
     # GET /images/{id} on any worker asks the API, so logging it is enough.
-    if isinstance(outcome, FluxError):
-        log.warning("recovered task %s failed: %s", task_id, type(outcome).__name__)
+    if recovered.error is not None:
+        log.warning("recovered task %s failed: %s", recovered.task_id, recovered.error)
     else:
-        log.info("recovered task %s", task_id)
+        log.info("recovered task %s: %s", recovered.task_id, recovered.result)
 
 
 async def app_factory() -> web.Application:

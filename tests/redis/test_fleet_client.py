@@ -30,6 +30,7 @@ from .conftest import RedisServer
 
 VENDOR_LIMITS = ["--max-in-flight", "10", "--submit-rate", "5", "--query-rate", "60"]
 SECRET = "fleet-tests-callback-secret"
+TEST_AGENT = "fleet-test-driver"
 
 Spawn = Callable[..., WorkerProcess]
 Serve = Callable[[float, float], ServerProcess]
@@ -69,6 +70,19 @@ def spawn(redis_server: RedisServer, fleet: Fleet) -> Spawn:
     return start
 
 
+def settle(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until ``condition()`` holds (a server's counter), asking every 10 ms."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)
+
+
+def queries(stats: dict[str, Any]) -> int:
+    """Task queries the server answered (``retrieve`` and ``retrieve_batch``)."""
+    return int(stats["requests"].get("retrieve", 0) + stats["requests"].get("retrieve_batch", 0))
+
+
 def count(kind: str) -> Callable[[list[dict[str, Any]]], int]:
     return lambda events: sum(e["ev"] == kind for e in events)
 
@@ -78,29 +92,28 @@ def ids(worker: WorkerProcess, kind: str) -> list[str]:
 
 
 def test_four_workers_keep_the_token_limits(api: Serve, spawn: Spawn) -> None:
-    """4 processes x 10 jobs on one token: no more than the limits, next to 4 without."""
-    figures = {}
-    for coordinated in (False, True):
-        server = api(1.5, 2.5)
-        fleet = [spawn(server, coordinated=coordinated) for _ in range(4)]
-        for worker in fleet:
-            worker.ready()
-        for i, worker in enumerate(fleet):
-            worker.send(cmd="jobs", prefix=f"w{i}-", n=10)
-        for worker in fleet:
-            worker.wait_for(lambda ev: count("result")(ev) + count("error")(ev) >= 10, 60)
-        stats = server.stats()
-        figures[coordinated] = (stats["statuses"].get("429", 0), stats["peak_in_flight"])
-        assert [w.close() for w in fleet] == [0, 0, 0, 0]
-        if coordinated:
-            assert [len(w.of("result")) for w in fleet] == [10, 10, 10, 10]
-            assert stats["tasks_created"] == 40
-            assert stats["duplicate_prompts"] == {}
-            assert stats["peak_in_flight"] <= 10
-            assert stats["statuses"].get("429", 0) <= 2
-    print(f"\n4 x 10 jobs, one token: 429s / peak in flight: independent "
-          f"{figures[False][0]} / {figures[False][1]}, coordinated "
-          f"{figures[True][0]} / {figures[True][1]}")
+    """4 processes x 10 jobs on one token: never more than the vendor's limits allow.
+
+    Without the coordinator the same fleet meets a storm of 429s (``python -m
+    benchmarks.fleet`` prints both side by side); with it, at most 2.
+    """
+    server = api(1.5, 2.5)  # 5 submissions/s x 2 s each: the 10 slots are all taken
+    fleet = [spawn(server) for _ in range(4)]
+    for worker in fleet:
+        worker.ready()
+    for i, worker in enumerate(fleet):
+        worker.send(cmd="jobs", prefix=f"w{i}-", n=10)
+    for worker in fleet:
+        worker.wait_for(lambda ev: count("result")(ev) + count("error")(ev) >= 10, 60)
+    stats = server.stats()
+    assert [w.close() for w in fleet] == [0, 0, 0, 0]
+    assert [len(w.of("result")) for w in fleet] == [10, 10, 10, 10]
+    assert stats["tasks_created"] == 40
+    assert stats["duplicate_prompts"] == {}
+    assert stats["peak_in_flight"] <= 10
+    assert stats["statuses"].get("429", 0) <= 2
+    print(f"\n4 x 10 jobs, one token, coordinated: {stats['statuses'].get('429', 0)} 429s, "
+          f"peak in flight {stats['peak_in_flight']}")
 
 
 async def _slot_leases(redis_url: str, token: str, process_id: str) -> tuple[list[float], float]:
@@ -124,7 +137,7 @@ def test_a_killed_worker_is_recovered_once(
 ) -> None:
     """kill -9 a worker holding paid tasks: each is delivered once, by another worker."""
     lease = 1.0
-    server = api(3.0, 4.0)  # the victim's tasks outlive it
+    server = api(2.0, 3.0)  # the victim's tasks outlive it
     survivors = [spawn(server, lease=lease) for _ in range(3)]
     victim = spawn(server, lease=lease)
     for worker in (*survivors, victim):
@@ -140,15 +153,15 @@ def test_a_killed_worker_is_recovered_once(
     orphans = ids(victim, "submitted")
     delivered_by_victim = ids(victim, "result")
     for i, worker in enumerate(survivors):  # the fleet carries on meanwhile
-        worker.send(cmd="jobs", prefix=f"s{i}-", n=4)
+        worker.send(cmd="jobs", prefix=f"s{i}-", n=2)
 
     def recovered() -> Counter[str]:
         return Counter(task for w in survivors for task in ids(w, "recovered"))
 
     fleet.wait_for(lambda: set(recovered()) >= set(orphans) - set(delivered_by_victim),
-                   lease + 4.0 + 10, "every orphan recovered")
+                   lease + 3.0 + 10, "every orphan recovered")
     for worker in survivors:
-        worker.wait_for(lambda ev: count("result")(ev) + count("error")(ev) >= 4, 30)
+        worker.wait_for(lambda ev: count("result")(ev) + count("error")(ev) >= 2, 30)
     stats = server.stats()
     assert [w.close() for w in survivors] == [0, 0, 0]
     # Exactly once: by the victim before it died, or by one survivor's on_recovered.
@@ -160,7 +173,7 @@ def test_a_killed_worker_is_recovered_once(
     # Nothing submitted twice: one task per prompt, the victim's included.
     assert stats["duplicate_prompts"] == {}
     assert all(stats["tasks_per_prompt"][f"victim-{i}"] == 1 for i in range(6))
-    assert [len(w.of("result")) for w in survivors] == [4, 4, 4]
+    assert [len(w.of("result")) for w in survivors] == [2, 2, 2]
     print(f"\nkilled a worker with {len(orphans)} paid tasks; recovered {sum(times.values())}, "
           f"429s over the run {stats['statuses'].get('429', 0)}")
 
@@ -174,10 +187,12 @@ def test_a_callback_on_another_worker_resolves_the_wait(api: Serve, spawn: Spawn
     waiter.send(cmd="jobs", prefix="routed-", n=3, callback_url=url)
     # The clients' fallback poll for tasks with a callback comes after 30 s.
     waiter.wait_for(lambda ev: count("result")(ev) + count("error")(ev) >= 3, 20)
+    # The server counts a callback once its answer is read, after the routing.
+    settle(lambda: server.stats()["callbacks_sent"] >= 3)
     stats = server.stats()
     assert len(waiter.of("result")) == 3
     assert stats["callbacks_sent"] == 3
-    assert stats["requests"].get("retrieve", 0) + stats["requests"].get("retrieve_batch", 0) == 0
+    assert queries(stats) == 0
     assert waiter.close() == 0
     assert receiver.close() == 0
     counts = receiver.of("closed")[0]["counts"]
@@ -241,11 +256,15 @@ def test_the_gunicorn_example_serves_100_jobs(
            "FLUX_ASYNC_BASE_URL": server.url, "FLUX_REDIS_URL": redis_server.url,
            "FLUX_PUBLIC_URL": base, "FLUX_CALLBACK_SECRET": SECRET,
            "FLUX_LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT)}
-    log_path = tmp_path / "gunicorn.log"
+    log_path, access_path = tmp_path / "gunicorn.log", tmp_path / "access.log"
     with open(log_path, "wb") as log:
         gunicorn = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "aiohttp.GunicornWebWorker", "-w", "4",
              "--bind", f"fd://{listener.fileno()}", "--graceful-timeout", "10",
+             # Which worker served each request, and for whom (never the query
+             # string: callback URLs carry their token there).
+             "--access-logfile", str(access_path), "--access-logformat",
+             "%P %{User-Agent}i",
              "examples.fleet_service:app_factory"],
             cwd=ROOT, env=env, pass_fds=[listener.fileno()], stdout=log, stderr=log,
         )
@@ -253,7 +272,12 @@ def test_the_gunicorn_example_serves_100_jobs(
 
     async def drive() -> list[dict[str, Any]]:
         timeout = aiohttp.ClientTimeout(total=90)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        headers = {"User-Agent": TEST_AGENT}
+        # A connection per request, as many clients behind a load balancer would
+        # come: kept-alive connections would pin every job to one worker.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers,
+                                         connector=connector) as http:
             deadline = time.monotonic() + 30
             while True:  # up once a worker answers (an unknown id: 404 from the API)
                 assert gunicorn.poll() is None, log_path.read_text()[-3000:]
@@ -265,6 +289,9 @@ def test_the_gunicorn_example_serves_100_jobs(
                 except aiohttp.ClientConnectionError:
                     pass
                 await asyncio.sleep(0.05)
+
+            # The probe asked the API about its unknown id: queries from here on count.
+            probes = await asyncio.to_thread(server.stats)
 
             async def submit(i: int) -> str:
                 async with http.post(f"{base}/images", json={"prompt": f"job {i}"}) as response:
@@ -282,10 +309,10 @@ def test_the_gunicorn_example_serves_100_jobs(
             for task_id in task_ids:
                 async with http.get(f"{base}/images/{task_id}") as response:
                     views.append(await response.json())
-            return [before_reading, owners_left, *views]
+            return [probes, before_reading, owners_left, *views]
 
     try:
-        stats, owners_left, *views = asyncio.run(drive())
+        probes, stats, owners_left, *views = asyncio.run(drive())
     finally:
         gunicorn.terminate()
         try:
@@ -301,10 +328,17 @@ def test_the_gunicorn_example_serves_100_jobs(
     assert stats["callbacks_failed"] == 0
     # Every waiter was resolved by a callback, at whichever worker received it: no
     # task query was needed, and no task is still recorded as followed.
-    assert stats["requests"].get("retrieve", 0) + stats["requests"].get("retrieve_batch", 0) == 0
+    assert queries(stats) == queries(probes)
     assert owners_left == 0
     assert "unclaimed callback" not in log_text
     assert [v["status"] for v in views] == ["succeeded"] * 100, views
     assert all(len(v["images"]) == 1 for v in views)
-    assert len({line.split("pid: ")[1] for line in log_text.splitlines()
-                if "Booting worker with pid: " in line}) >= 4
+    # The API's callbacks went to whichever worker took the connection: several.
+    lines = access_path.read_text().splitlines()
+    served = Counter(line.split(" ", 1)[0] for line in lines if TEST_AGENT not in line)
+    driven = Counter(line.split(" ", 1)[0] for line in lines if TEST_AGENT in line)
+    print(f"\n100 jobs through gunicorn; requests per worker: from the test "
+          f"{sorted(driven.values())}, callbacks {sorted(served.values())}")
+    assert sum(served.values()) == 100
+    assert len(served) >= 2
+    assert len(driven) >= 2
