@@ -18,6 +18,7 @@ from ._errors import (
     ClientClosedError,
     ConfigurationError,
     ConnectError,
+    CoordinationError,
     DownloadError,
     FluxError,
     ForbiddenError,
@@ -56,6 +57,7 @@ from ._models import (
     TaskErrorInfo,
     TaskStatus,
 )
+from ._recovery import Recovered
 from ._settings import USE_CLIENT_DEFAULT, ClientSettings, UseClientDefault
 from ._upload import LocalImage
 
@@ -70,6 +72,7 @@ __all__ = [
     "ClientSettings",
     "ConfigurationError",
     "ConnectError",
+    "CoordinationError",
     "DownloadError",
     "EditRequest",
     "FluxClient",
@@ -90,6 +93,7 @@ __all__ = [
     "Outcome",
     "ProtocolError",
     "RateLimitError",
+    "Recovered",
     "RequestTimeoutError",
     "ServerError",
     "SubmissionUncertainError",

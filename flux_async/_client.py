@@ -1,65 +1,63 @@
 """``FluxClient``: the session users hold.
 
-It owns (or borrows) one aiohttp session, one poller, two rate limiters
-(submissions and task queries) and a semaphore of ``max_concurrency``
-generation slots. A slot is taken before a submission and given back when the
-task resolves, fails to submit, or stops being followed, so no more than
-``max_concurrency`` generations are ever in flight through one client.
+The client is lifecycle and wiring; the work is in the parts it assembles:
 
-Background work (the poller's rounds, ``map`` runs, paid POSTs on the wire)
-lives in one anyio task group hosted by a supervisor task the client starts on
-first use; ``aclose()`` lets paid POSTs answer, then cancels the group and
-waits for it, so nothing outlives the client. Hosting the group
-in its own task lets a web app open the client in one task and close it in
-another, as aiohttp's ``cleanup_ctx`` may.
+- ``_coordination``: where the slots and the two rate gates come from (in this
+  process by default, or a shared coordinator's);
+- ``_launch``: a request's slot, callback token and paid submission
+  (``_submission``), handed to
+- ``_tracker``: every followed task from slot to release, its waiters and
+  their deadlines, the one settle path;
+- ``_poller`` and ``_queries``: asking the service about followed tasks;
+- ``_callbacks``: what a posted callback means; ``_map``: many requests.
+
+Background work (poll rounds, ``map`` runs, paid POSTs on the wire) lives in one
+anyio task group hosted by a supervisor task the client starts on first use;
+``aclose()`` lets paid POSTs answer, then cancels the group and waits for it, so
+nothing outlives the client. Hosting the group in its own task lets a web app
+open the client in one task and close it in another, as aiohttp's
+``cleanup_ctx`` may.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
+import enum
+import json
 import logging
 import os
 import pathlib
-import time
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
-    Awaitable,
     Callable,
     Coroutine,
     Iterable,
     Mapping,
-    Sequence,
 )
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import anyio
+import anyio.abc
 
-from ._callbacks import CallbackBook, CallbackVerdict, adopt_early, judge
-from ._download import (
-    DEFAULT_MAX_IMAGE_BYTES,
-    DownloadTarget,
-    Fetcher,
-    download_images,
-    fetch_bytes,
-)
+from ._callbacks import CallbackBook, CallbackVerdict, judge
+from ._coordination import Coordinator, LocalCoordinator, LocalDirectory
+from ._download import DEFAULT_MAX_IMAGE_BYTES, DownloadTarget, download_images, fetch_bytes
 from ._errors import (
     ClientClosedError,
     ConfigurationError,
-    ProtocolError,
-    RateLimitError,
-    ServerError,
-    TaskFailedError,
-    TaskTimeoutError,
-    TransportError,
+    CoordinationError,
+    FluxError,
     ValidationError,
-    for_task,
 )
-from ._limits import Backoff, RateLimiter, deadline_after, remaining
-from ._map import Deliver, MapEvent, Requests, run_map
+from ._launch import Launcher, task_of
+from ._limits import Backoff, deadline_after
+from ._link import Link
+from ._map import MapEvent, Requests, outcomes
 from ._models import (
     EditRequest,
     GenerateRequest,
@@ -68,21 +66,12 @@ from ._models import (
     ImageResult,
     Outcome,
     Task,
-    TaskStatus,
     check_http_url,
 )
-from ._poller import DEFAULT_NOT_FOUND_GRACE, Entry, Poller
-from ._protocol import (
-    DEFAULT_BASE_URL,
-    TASKS_PATH,
-    Submission,
-    decode_answer,
-    read_batch,
-    read_task,
-    request_headers,
-    retrieve_batch_body,
-    retrieve_body,
-)
+from ._poller import DEFAULT_NOT_FOUND_GRACE, Poller
+from ._protocol import DEFAULT_BASE_URL
+from ._queries import TaskQueries
+from ._recovery import RecoveredHook, Recovering
 from ._settings import (
     USE_CLIENT_DEFAULT,
     ClientSettings,
@@ -90,71 +79,51 @@ from ._settings import (
     check_api_key,
     resolve_timeout,
 )
-from ._submission import Handover, Submitter
-from ._transport import Transport
+from ._submission import Submitter
+from ._tracker import Followed, Stage, Tracker
 from ._upload import ImageSource, is_remote, upload_url_for
 from ._uploader import Uploader
+from ._wire import unstructure_request
 
-__all__ = ["API_KEY_ENV", "BASE_URL_ENV", "FluxClient"]
+__all__ = ["API_KEY_ENV", "BASE_URL_ENV", "ClientState", "FluxClient"]
 
 log = logging.getLogger("flux_async")
 
 API_KEY_ENV = "ACEDATACLOUD_API_TOKEN"
 BASE_URL_ENV = "FLUX_ASYNC_BASE_URL"
 
+# The running clients of each coordinator: the last to close closes it.
+_USERS: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
+
+
+class ClientState(enum.Enum):
+    NEW = "built; nothing started"
+    STARTING = "first use: the coordinator and the background group are starting"
+    RUNNING = "running"
+    CLOSING = "aclose() under way: nothing new starts"
+    CLOSED = "closed"
+
 
 class FluxClient:
     """An async client of the Flux image API; use it as ``async with FluxClient() as c``.
 
     ``api_key`` falls back to ``$ACEDATACLOUD_API_TOKEN`` and ``base_url`` to
-    ``$FLUX_ASYNC_BASE_URL``, then to ``https://api.acedata.cloud``.
+    ``$FLUX_ASYNC_BASE_URL``, then to ``https://api.acedata.cloud``. The other
+    settings (keyword-only, defaults the vendor's documented limits) are the
+    fields of ``ClientSettings``, where each is described; every one is checked
+    here, before anything is sent (``ConfigurationError`` naming it), and
+    ``client.settings`` is the resulting frozen value. Besides them:
 
-    Settings (all keyword-only; defaults are the vendor's documented limits):
-
-    - ``max_concurrency`` (10): generations in flight at once.
-    - ``submit_rate`` (5/s) and ``query_rate`` (30/s): requests per second to
-      ``/flux/images`` and ``/flux/tasks``; ``None`` for no limit. Queries may
-      come in bursts of up to a second's worth (a poll round at once);
-      submissions in bursts of ``submit_burst`` (default 60% of a second's worth,
-      3 at 5/s), so slots that free together are refilled together. A 429 pauses
-      and slows every request of that kind, then the rate recovers.
-    - ``poll_interval`` (1 s): time between poll rounds; ``busy_poll_interval``
-      (0.2 s) while every slot is taken, since then a finished task noticed
-      sooner is a slot freed sooner.
-    - ``batch_size`` (50): ids per ``retrieve_batch`` request, at most 50 (the
-      vendor's recommendation).
-    - ``timeout`` (600 s): default deadline of ``generate``/``edit``/``wait``;
-      ``None`` for none. ``request_timeout`` (60 s): one HTTP request.
-    - ``max_retries`` (5): attempts at a submission that provably reached nobody
-      (connect errors), and at a ``get_task`` query; ``retry_backoff`` (1 s) is
-      the first delay between them, doubling up to 16 s, with jitter. A 429 is
-      re-sent while the deadline allows (at most 30 times), after the pause the
-      service asked for (``Retry-After``) or the same backoff.
-    - ``resend_uncertain`` (False): also re-send submissions whose fate is unknown
-      (a reset or timeout after sending, a 5xx). Risk: the service may have
-      created the first task too, and charges for both.
-    - ``callback_url``: put on every submission; the poller then checks those
-      tasks only every ``callback_poll_interval`` (30 s), as a fallback for lost
-      callbacks. Mount ``flux_async.web``'s receiver at that URL: a callback then
-      resolves its wait at once. Every callback URL handed out carries a token
-      (``flux_token=``) derived from ``callback_secret`` (random per client unless
-      given; give a stable one so callbacks arriving after a restart still
-      authenticate). See ``receive_callback``.
-    - ``upload_url``: where ``upload()`` (and ``edit`` with a local image) POSTs
-      files; default ``{base_url}/files/upload``, which for the default base URL
-      is the vendor's documented ``https://api.acedata.cloud/files/upload``.
     - ``session``: an ``aiohttp.ClientSession`` to use; the client leaves it open.
-    - ``not_found_grace`` (300 s): a task id the service gave (or one passed to
-      ``wait``) is not declared lost before this long after it became known,
-      since new tasks may take a while to appear on ``/flux/tasks``; meanwhile it
-      costs only its place in the batch queries. Then a 404 ends its wait with
-      ``TaskNotFoundError``.
-
-    Every setting is checked here, before anything is sent: a wrong type, NaN,
-    a zero or negative interval, a ``batch_size`` over 50, a ``base_url`` that
-    is not an absolute http(s) URL, a key with whitespace in it raise
-    ``ConfigurationError`` naming the setting. ``client.settings`` is the
-    resulting frozen ``ClientSettings``.
+    - ``coordinator``: where the token's limits are kept (slots, both rates and
+      their 429 pause, who follows which task). None: in this process. A shared
+      one (``flux_async.redis.RedisCoordinator``) keeps them across processes;
+      when it cannot be consulted, calls raise ``CoordinationError`` before
+      anything is paid. It is started at first use and closed by ``aclose()``
+      of the last running client using it.
+    - ``on_recovered``: called with a ``Recovered`` (task id, result or error)
+      for each task this client adopted from elsewhere (``adopt``; a shared
+      coordinator adopts the tasks of processes that died) when it ends.
 
     Cancellation never loses a paid task: a submission's POST runs in a task the
     client owns, so whatever cancels the caller (an anyio scope, ``task.cancel()``,
@@ -186,17 +155,17 @@ class FluxClient:
         upload_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
+        coordinator: Coordinator | None = None,
+        on_recovered: RecoveredHook | None = None,
     ) -> None:
         source = "api_key" if api_key is not None else f"${API_KEY_ENV}"
         api_key = check_api_key(
             api_key if api_key is not None else os.environ.get(API_KEY_ENV), source=source
         )
-        if session is not None and not isinstance(session, aiohttp.ClientSession):
+        if on_recovered is not None and not callable(on_recovered):
             raise ConfigurationError(
-                f"must be an aiohttp.ClientSession, got {type(session).__name__}",
-                field="session",
-            )
-        self.settings = settings = ClientSettings(
+                f"must be callable, got {on_recovered!r:.80}", field="on_recovered")
+        self.settings = s = ClientSettings(
             base_url=base_url if base_url is not None else (
                 os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL),
             max_concurrency=max_concurrency, submit_rate=submit_rate,
@@ -208,60 +177,49 @@ class FluxClient:
             callback_secret=callback_secret, upload_url=upload_url,
             not_found_grace=not_found_grace,
         )
-        self.base_url = settings.base_url
-        self.max_concurrency = settings.max_concurrency
-        self.timeout = settings.timeout
-        self.max_retries = settings.max_retries
-        self.resend_uncertain = settings.resend_uncertain
-        self.callback_url = settings.callback_url
-        self.callback_poll_interval = settings.callback_poll_interval
-        # Holds the callback secret; its repr hides it, like the key's headers.
-        self._callbacks = CallbackBook(settings.callback_secret)
-        # The key lives only inside these headers, which nothing prints.
-        self._headers = request_headers(api_key)
-        self._request_timeout = aiohttp.ClientTimeout(
-            total=settings.request_timeout, sock_connect=min(10.0, settings.request_timeout)
-        )
-        self._session = session
-        self._owns_session = session is None
-        self._transport: Transport | None = None
-        self._slots = anyio.Semaphore(settings.max_concurrency)
-        backoff = settings.retry_backoff
-        self._backoff = Backoff(base=backoff, cap=max(16.0, backoff))
-        self.upload_url = upload_url_for(settings.upload_url, self.base_url)
-        self._uploader = Uploader(
-            self.upload_url, attempts=settings.max_retries,
-            backoff=self._backoff, request_timeout=settings.request_timeout,
-        )
-        self.submit_limiter = RateLimiter(
-            settings.submit_rate, burst=settings.effective_submit_burst, backoff=self._backoff
-        )
-        self._submitter = Submitter(
-            self._post, self.submit_limiter, self._backoff, spawn=self._spawn,
-            max_retries=settings.max_retries, resend_uncertain=settings.resend_uncertain,
-        )
-        self.query_limiter = RateLimiter(
-            settings.query_rate, burst=settings.query_burst, backoff=self._backoff
-        )
-        self._poller = Poller(
-            fetch_batch=self._fetch_batch,
-            fetch_one=self._fetch_one,
-            limiter=self.query_limiter,
-            spawn=self._spawn,
-            interval=settings.poll_interval,
-            busy_interval=settings.busy_poll_interval,
-            # Every slot taken: a finished task noticed sooner is a slot freed sooner.
-            is_busy=lambda: self._slots.value == 0,
-            chunk_size=settings.batch_size,
-            not_found_grace=settings.not_found_grace,
-        )
-        self._group: anyio.abc.TaskGroup | None = None
-        self._supervisor: asyncio.Task[None] | None = None
+        self.base_url, self.max_concurrency, self.timeout = s.base_url, s.max_concurrency, s.timeout
+        self.max_retries, self.resend_uncertain = s.max_retries, s.resend_uncertain
+        self.callback_url = s.callback_url
+        self.callback_poll_interval = s.callback_poll_interval
+        self.upload_url = upload_url_for(s.upload_url, self.base_url)
+        self._state = ClientState.NEW
         self._started: anyio.Event | None = None
         self._stopping: anyio.Event | None = None
-        self._closed = False
-        # Tasks followed in the background because their caller left mid-POST.
-        self._adopted: set[str] = set()
+        self._group: anyio.abc.TaskGroup | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        # The key lives only inside the link's headers, which nothing prints.
+        self._link = Link(self.base_url, api_key, session, request_timeout=s.request_timeout)
+        # Holds the callback secret; its repr hides it.
+        self._callbacks = CallbackBook(s.callback_secret)
+        self._backoff = backoff = Backoff(base=s.retry_backoff, cap=max(16.0, s.retry_backoff))
+        self._uploader = Uploader(self.upload_url, attempts=s.max_retries, backoff=backoff,
+                                  request_timeout=s.request_timeout)
+        self._coordinator = coordinator if coordinator is not None else LocalCoordinator()
+        self._slots = self._coordinator.slots(s.max_concurrency)
+        submit_gate = self._coordinator.rate_gate(
+            "submit", s.submit_rate, s.effective_submit_burst, backoff)
+        query_gate = self._coordinator.rate_gate("query", s.query_rate, s.query_burst, backoff)
+        directory = self._coordinator.directory
+        self._directory = None if isinstance(directory, LocalDirectory) else directory
+        self._tracker = tracker = Tracker(
+            give_back=self._slots.give_back,
+            directory=None if self._directory is None else self._tell_directory,
+        )
+        self._queries = TaskQueries(self._link.post, query_gate, backoff,
+                                    attempts=s.max_retries, chunk_size=s.batch_size)
+        self._poller = Poller(
+            tracker, self._queries, spawn=self._spawn, interval=s.poll_interval,
+            busy_interval=s.busy_poll_interval, callback_interval=s.callback_poll_interval,
+            hurry=self._hurry, not_found_grace=s.not_found_grace,
+        )
+        self._submitter = Submitter(
+            self._link.post, submit_gate, backoff, spawn=self._spawn,
+            max_retries=s.max_retries, resend_uncertain=s.resend_uncertain,
+        )
+        self._launcher = Launcher(tracker, self._slots, self._submitter, self._callbacks,
+                                  callback_poll_interval=s.callback_poll_interval,
+                                  waiting=self._poller.wake)
+        self._on_recovered = on_recovered
 
     def __repr__(self) -> str:
         return f"<FluxClient {self.base_url} max_concurrency={self.max_concurrency}>"
@@ -272,45 +230,51 @@ class FluxClient:
         await self._start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._state in (ClientState.CLOSING, ClientState.CLOSED)
 
     @property
     def in_flight(self) -> int:
         """Generation slots in use: submitted (or submitting) and not yet resolved."""
-        return self.max_concurrency - int(self._slots.value)
+        return self._slots.in_use
 
     async def _start(self) -> None:
-        if self._closed:
-            raise ClientClosedError("this FluxClient is closed")
-        if self._group is not None:
-            return  # running: no checkpoint on this per-request path
-        if self._started is None:
-            self._started = anyio.Event()
+        while self._state is not ClientState.RUNNING:  # no checkpoint once running
+            if self.closed:
+                raise ClientClosedError("this FluxClient is closed")
+            if self._state is ClientState.STARTING:
+                assert self._started is not None
+                await self._started.wait()
+                continue
+            self._state, started = ClientState.STARTING, anyio.Event()
+            self._started = started
+            try:
+                await self._coordinator.start(self)
+            except BaseException:
+                self._state = ClientState.NEW
+                raise
+            finally:
+                started.set()
+            _USERS.setdefault(self._coordinator, set()).add(id(self))
             self._stopping = anyio.Event()
-            if self._session is None:
-                self._session = aiohttp.ClientSession()
-            self._transport = Transport(
-                self._session, self.base_url, self._headers, timeout=self._request_timeout
-            )
-            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
-        await self._started.wait()
+            self._link.open()
+            group_ready = anyio.Event()
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(group_ready))
+            await group_ready.wait()
 
-    async def _supervise(self) -> None:
-        assert self._started is not None
+    async def _supervise(self, ready: anyio.Event) -> None:
         assert self._stopping is not None
         async with anyio.create_task_group() as group:
             self._group = group
-            self._started.set()
+            if self._state is ClientState.STARTING:
+                self._state = ClientState.RUNNING
+            ready.set()
             await self._stopping.wait()
             group.cancel_scope.cancel()
         self._group = None
@@ -326,25 +290,20 @@ class FluxClient:
         Paid submissions already on the wire are let finish first (each bounded by
         the request timeout), so none is cut with its task id unknown. Waits end
         with ``TaskClosedError`` (a ``ClientClosedError`` naming the task); the ids
-        of submitted tasks still running are logged (WARNING).
+        of submitted tasks still running are logged (WARNING for tasks adopted
+        after their caller left, INFO for the others, whose ids their callers have).
         """
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self._state = ClientState.CLOSING
         self._submitter.closing = True
         with anyio.CancelScope(shield=True):
             if self._submitter.on_wire:
-                with anyio.move_on_after((self._request_timeout.total or 60.0) + 5.0):
+                with anyio.move_on_after(self.settings.request_timeout + 5.0):
                     await self._submitter.drained()
-            closed = ClientClosedError("the FluxClient was closed while waiting")
-            running = self._poller.close(closed)
-            # Tasks adopted after their caller left were named only in a log record
-            # so far: name them again, loudly. The others' ids are with their callers
-            # (submit() returned it; a waiter gets TaskClosedError naming it).
-            orphans = [t for t in running if t in self._adopted]
-            others = [t for t in running if t not in self._adopted]
-            self._adopted.clear()
-            for level, ids in ((logging.WARNING, orphans), (logging.INFO, others)):
+            adopted, others = self._tracker.close(
+                ClientClosedError("the FluxClient was closed while waiting"))
+            for level, ids in ((logging.WARNING, adopted), (logging.INFO, others)):
                 if ids:
                     log.log(level, "FluxClient closed with %d submitted task(s) still "
                             "running; they may still finish and be billed, wait on them "
@@ -353,167 +312,60 @@ class FluxClient:
                 self._stopping.set()
             if self._supervisor is not None:
                 await self._supervisor
-            if self._owns_session and self._session is not None:
-                await self._session.close()
+            await self._link.close()
+            users = _USERS.get(self._coordinator, set())
+            users.discard(id(self))
+            if not users:  # the last client using it closes it
+                try:
+                    await self._coordinator.close()
+                except CoordinationError as exc:
+                    log.warning("closing the coordinator failed: %s", exc)
+            self._state = ClientState.CLOSED
 
-    # --- requests ----------------------------------------------------------------
+    # --- the poll cadence and the directory (wired into the parts) ----------------------
 
-    async def _post(self, path: str, payload: Mapping[str, Any]) -> Any:
-        if self._transport is None:
-            await self._start()
-        assert self._transport is not None
-        reply = await self._transport.post(path, payload)
-        return decode_answer(reply.status, reply.headers, reply.body, now=time.time())
+    def _hurry(self) -> bool:
+        """Whether a sooner notice of a finished task buys something now.
 
-    async def _fetch_batch(self, task_ids: Sequence[str]) -> list[Mapping[str, Any]]:
-        return read_batch(await self._post(TASKS_PATH, retrieve_batch_body(task_ids)))
+        It does when a caller waits for a slot and could submit at once if one
+        freed: nobody holding a slot is still queued for a submission turn.
+        While slot holders wait on the submission rate, a freed slot would only
+        join that queue, so fast rounds would buy nothing.
+        """
+        return self._slots.waiting > 0 and not self._tracker.counts[Stage.SENDING]
 
-    async def _fetch_one(self, task_id: str) -> Mapping[str, Any]:
-        data = await self._post(TASKS_PATH, retrieve_body(task_id))
-        if not isinstance(data, Mapping):
-            raise ProtocolError("a retrieve answer is not a JSON object")
-        return data
+    def _tell_directory(self, task_id: str, followed: Followed | None) -> None:
+        """Tell a shared coordinator's directory (in the background) what is followed here."""
+        directory = self._directory
+        assert directory is not None
+        if self._tracker.closed:
+            return  # still running: left recorded under this process's lease, for adoption
+        request = None if followed is None else followed.request
+        fields = None if request is None else unstructure_request(request)
 
-    async def _launch(
-        self,
-        request: ImageRequest,
-        *,
-        deadline: float | None,
-        timeout: float | None,
-        callback_url: str | None,
-        background: bool,
-        on_submitted: Callable[[str], None] | None = None,
-    ) -> tuple[Submission, Entry | None]:
-        """Take a slot, submit, and hand the slot to the poller's entry for the task."""
-        await self._start()
-        if self._slots.value > 0:
-            self._slots.acquire_nowait()  # a free slot needs no wait, scope or checkpoint
-        else:
-            with anyio.move_on_after(remaining(deadline)) as scope:
-                await self._slots.acquire()
-            if scope.cancelled_caught:
-                raise TaskTimeoutError(None, timeout)
-        if self._slots.value == 0:
-            self._poller.wake()  # saturated: rounds now come every busy_poll_interval
-        nonce = None
-        if callback_url is not None:
-            nonce, callback_url = self._callbacks.issue(callback_url)
-        callbacks = callback_url is not None
-
-        def adopt(submission: Submission) -> None:
-            self._adopt(submission, request, nonce, callbacks, on_submitted)
-
-        def drop() -> None:
-            self._slots.release()
-            self._callbacks.settle(nonce)
-
-        handover = Handover(adopt, drop)
-        try:
-            submission = await self._submitter.submit(
-                request, callback_url, deadline=deadline, timeout=timeout, handover=handover
-            )
-        except BaseException:
-            if not handover.left:  # else the slot and the nonce went with the handover
-                drop()
-            raise
-        # From here to the return nothing awaits: no cancellation can come between
-        # the answer and the entry that follows its task.
-        entry = self._track(submission, request, nonce, callbacks, background=background)
-        if on_submitted is not None:
-            on_submitted(submission.task_id)
-        return submission, entry
-
-    def _track(
-        self, submission: Submission, request: ImageRequest, nonce: str | None,
-        callbacks: bool, *, background: bool,
-    ) -> Entry | None:
-        """Hand the submission's slot to an entry following its task (None: done already)."""
-        # A very fast task's callback may have come before this answer: it was held.
-        early = self._callbacks.settle(nonce)
-        if self._poller.closed and submission.result is None:  # answered as the client closed
-            self._slots.release()
-            log.warning("task %s was created as the client closed; nobody follows it: "
-                        "wait on it with another client", submission.task_id)
-            raise for_task(ClientClosedError("the FluxClient was closed while submitting"),
-                           submission.task_id)
-        if submission.result is not None:
-            self._slots.release()
-            self._poller.resolve(_task_of(submission))
-            return None
-        entry = self._poller.entry(submission.task_id)
-        entry.release = self._slots.release
-        entry.background = background
-        entry.request, entry.callback_nonce = request, nonce
-        if callbacks:
-            entry.recheck = self.callback_poll_interval
-            entry.not_before = anyio.current_time() + self.callback_poll_interval
-        adopt_early(self._poller, entry, early)
-        return entry
-
-    def _adopt(
-        self, submission: Submission, request: ImageRequest, nonce: str | None,
-        callbacks: bool, on_submitted: Callable[[str], None] | None,
-    ) -> None:
-        """A submission answered after its caller had left: follow its task anyway."""
-        task_id = submission.task_id
-        try:
-            entry = self._track(submission, request, nonce, callbacks, background=True)
-        except ClientClosedError:
-            pass  # logged, naming the task
-        else:
-            if entry is not None:
-                self._adopted.add(task_id)
-                entry.on_settle = [*(entry.on_settle or ()),
-                                   lambda done: self._adopted.discard(done.task_id)]
-            log.warning("the caller left while its submission was on the wire; task %s was "
-                        "created and is followed in the background: await client.wait(%r)",
-                        task_id, task_id)
-        if on_submitted is not None:
+        async def tell() -> None:
             try:
-                on_submitted(task_id)
-            except Exception:
-                log.exception("the submission hook failed for task %s", task_id)
+                if followed is None:
+                    await directory.resolved(task_id)
+                else:
+                    await directory.followed(task_id, fields)
+            except FluxError as exc:
+                log.warning("the coordinator could not record task %s: %s", task_id, exc)
 
-    async def _await(self, entry: Entry, deadline: float | None, timeout: float | None) -> Task:
-        entry.waiters += 1
-        try:
-            with anyio.fail_after(remaining(deadline)):
-                await entry.done.wait()
-        except TimeoutError:
-            raise TaskTimeoutError(entry.task_id, timeout) from None
-        except anyio.get_cancelled_exc_class():
-            if entry.request is not None:
-                # Paid for: say which task, so it can be found (a task that resolved
-                # just before the cancellation landed is in the recent results).
-                state = "had just resolved" if entry.done.is_set() else "may still finish"
-                log.warning("wait cancelled; task %s %s: client.wait(%r)",
-                            entry.task_id, state, entry.task_id)
-            raise
-        finally:
-            self._poller.leave(entry)
-        if entry.error is not None:
-            raise entry.error
-        assert entry.task is not None
-        return entry.task
+        with contextlib.suppress(ClientClosedError):
+            self._spawn(tell)
 
-    async def _run(
-        self,
-        request: ImageRequest,
-        timeout: float | None,
-        on_submitted: Callable[[str], None] | None = None,
-    ) -> ImageResult:
+    # --- requests ------------------------------------------------------------------
+
+    async def _run(self, request: ImageRequest, timeout: float | None) -> ImageResult:
         deadline = deadline_after(timeout)
-        callback_url = self.callback_url
-        submission, entry = await self._launch(
-            request, deadline=deadline, timeout=timeout, callback_url=callback_url,
-            background=False, on_submitted=on_submitted,
-        )
-        if entry is None:
+        await self._start()
+        submission, followed = await self._launcher.launch(
+            request, deadline=deadline, timeout=timeout, callback_url=self.callback_url)
+        if followed is None:
             assert submission.result is not None
             return submission.result
-        return _result_of(await self._await(entry, deadline, timeout))
-
-    # --- public API ----------------------------------------------------------------
+        return await self._tracker.wait(followed, deadline, timeout)
 
     async def generate(
         self,
@@ -566,11 +418,12 @@ class FluxClient:
             )
         if callback_url is not None:
             check_http_url("callback_url", callback_url)
-        submission, _ = await self._launch(
+        await self._start()
+        submission, _ = await self._launcher.launch(
             request, deadline=None, timeout=None,
-            callback_url=callback_url or self.callback_url, background=True,
+            callback_url=callback_url or self.callback_url, kept=True,
         )
-        return _task_of(submission)
+        return task_of(submission)
 
     async def wait(
         self, task: Task | str, *, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
@@ -586,19 +439,39 @@ class FluxClient:
             )
         timeout = resolve_timeout(timeout, self.timeout)
         known = task if isinstance(task, Task) and task.status.finished else None
-        known = known or self._poller.recent.get(task_id)
+        known = known or self._tracker.finished(task_id)
         if known is not None:
-            return _result_of(known)
+            self._tracker.remember(known)
+            return await self._tracker.wait(_ended(known), None, None)
         deadline = deadline_after(timeout)
         await self._start()
-        entry = self._poller.entry(task_id)
-        return _result_of(await self._await(entry, deadline, timeout))
+        return await self._tracker.wait(self._tracker.follow(task_id), deadline, timeout)
+
+    async def adopt(self, task_ids: Iterable[str]) -> None:
+        """Follow tasks submitted elsewhere (a process that died) until they end.
+
+        Nothing is submitted again. Each outcome goes to ``on_recovered`` (or a
+        WARNING record without one); ``wait(id)`` on them works as on any task.
+        A shared coordinator calls this with the tasks of processes that died.
+        """
+        if isinstance(task_ids, (str, bytes)) or not isinstance(task_ids, Iterable):
+            raise ValidationError(
+                "task_ids", f"must be an iterable of task ids, got {task_ids!r:.80}")
+        ids = list(task_ids)
+        for task_id in ids:
+            _check_task_id("task_ids", task_id)
+        await self._start()
+        for task_id in ids:
+            followed = self._tracker.follow(task_id)
+            followed.kept = followed.adopted = True
+            self._tracker.watch(followed, Recovering(task_id, self._on_recovered, self._spawn))
 
     async def get_task(self, task_id: str) -> Task:
         """One task as the service reports it now (``retrieve``)."""
         _check_task_id("task_id", task_id)
-        task = read_task(await self._query(functools.partial(self._fetch_one, task_id)))
-        self._poller.resolve(task)
+        await self._start()
+        task = await self._queries.get_task(task_id)
+        self._tracker.resolve(task)
         return task
 
     async def get_tasks(self, task_ids: Iterable[str]) -> list[Task]:
@@ -613,20 +486,11 @@ class FluxClient:
         given = list(task_ids)
         for task_id in given:
             _check_task_id("task_ids", task_id)
-        ids = list(dict.fromkeys(given))
-        size = self._poller.chunk_size
-        found: dict[str, Task] = {}
-        for start in range(0, len(ids), size):
-            chunk = ids[start : start + size]
-            if self._poller.batch_supported:
-                items = await self._query(functools.partial(self._fetch_batch, chunk))
-            else:
-                items = [await self._query(functools.partial(self._fetch_one, i)) for i in chunk]
-            for item in items:
-                task = read_task(item)
-                found[task.id] = task
-                self._poller.resolve(task)
-        return [found[i] for i in ids if i in found]
+        await self._start()
+        tasks = await self._queries.get_tasks(given)
+        for task in tasks:
+            self._tracker.resolve(task)
+        return tasks
 
     def receive_callback(
         self, token: str | None, body: bytes | str | Mapping[str, Any]
@@ -638,21 +502,37 @@ class FluxClient:
         token issued for that task's submission resolves its wait at once; a
         failure, or a post for a task followed through ``wait(id)`` alone, makes
         the client query that task at once and the service's answer decides (200,
-        ``kind == "confirming"``). ``flux_async.web`` does this for aiohttp; call it
-        from any other framework the same way (cap the body size first). The
-        rules, in order, are in ``CallbackVerdict``'s module; the short form: bad
-        token (or another task's) 403, not a result 400, contradicts the
-        submission 409, duplicate 200, unknown task 404 with ``kind == "unclaimed"``.
+        ``kind == "confirming"``). The rules, in order, are in ``CallbackVerdict``'s
+        module; the short form: bad token (or another task's) 403, not a result
+        400, contradicts the submission 409, duplicate 200, unknown task 404 with
+        ``kind == "unclaimed"``. This process's judgement only: receivers call
+        ``handle_callback``, which also hands unclaimed posts on.
         """
-        return judge(self._callbacks, self._poller, token, body)
+        return judge(self._callbacks, self._tracker, token, body)
 
-    async def _fetcher(self) -> Fetcher:
-        await self._start()
-        assert self._session is not None
-        read = self._request_timeout.total or 60.0
-        # No total: a large image on a slow link may take long; a stalled read may not.
-        timeout = aiohttp.ClientTimeout(sock_connect=min(10.0, read), sock_read=read)
-        return Fetcher(self._session, timeout, self.max_retries, self._backoff)
+    async def handle_callback(
+        self, token: str | None, body: bytes | str | Mapping[str, Any]
+    ) -> CallbackVerdict:
+        """``receive_callback``, then a post nobody here follows goes to the process that does.
+
+        With a shared coordinator, an authentic callback for a task another process
+        follows is routed to it and answered with its verdict's status (``kind ==
+        "routed"``); 503 when that process could not be reached (the service sends
+        the callback again). ``flux_async.web`` and ``flux_async.asgi`` call this;
+        call it from any other framework the same way (cap the body size first).
+        """
+        verdict = self.receive_callback(token, body)
+        if verdict.kind != "unclaimed" or self._directory is None or verdict.task is None:
+            return verdict
+        try:
+            status = await self._directory.route_callback(token, _as_bytes(body))
+        except CoordinationError as exc:
+            return CallbackVerdict(503, "routed", f"the process following the task could "
+                                   f"not be reached: {exc}", verdict.task)
+        if status is None:
+            return verdict
+        return CallbackVerdict(status, "routed", "handed to the process following the task",
+                               verdict.task)
 
     async def download(
         self,
@@ -676,9 +556,10 @@ class FluxClient:
         ``FileExistsError`` unless ``overwrite``. The first failure cancels the rest;
         files already complete stay.
         """
+        await self._start()
         return await download_images(
-            await self._fetcher(), target, directory, prefix=prefix,
-            concurrency=concurrency, max_bytes=max_bytes, overwrite=overwrite,
+            self._link.fetcher(self.max_retries, self._backoff), target, directory,
+            prefix=prefix, concurrency=concurrency, max_bytes=max_bytes, overwrite=overwrite,
         )
 
     async def fetch_image(
@@ -686,23 +567,9 @@ class FluxClient:
     ) -> bytes:
         """An image's bytes in memory; the same checks and retries as ``download``."""
         url = image.url if isinstance(image, Image) else image
-        return await fetch_bytes(await self._fetcher(), url, max_bytes)
-
-    async def _query(self, fetch: Callable[[], Awaitable[Any]]) -> Any:
-        """A free task query, retried with backoff on failures that may pass."""
-        for attempt in range(1, self.max_retries + 1):
-            ticket = await self.query_limiter.acquire()
-            try:
-                return await fetch()
-            except RateLimitError as exc:
-                self.query_limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
-                if attempt == self.max_retries:
-                    raise
-            except (TransportError, ServerError):
-                if attempt == self.max_retries:
-                    raise
-                await anyio.sleep(self._backoff.delay(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+        await self._start()
+        return await fetch_bytes(self._link.fetcher(self.max_retries, self._backoff), url,
+                                 max_bytes)
 
     async def map(
         self,
@@ -734,105 +601,12 @@ class FluxClient:
             raise ValidationError("on_event", f"must be callable, got {on_event!r:.80}")
         timeout = resolve_timeout(timeout, self.timeout)
         await self._start()
-        size = self.max_concurrency
-        send, receive = anyio.create_memory_object_stream[Outcome](size)
-        # Not fast_acquire: the checkpoint in each acquire lets every submission
-        # start as it is spawned, instead of thousands queueing at the connector.
-        window = anyio.Semaphore(size)
-        failure: list[BaseException] = []
-        completed: list[bool] = []
-        finished = anyio.Event()
-        scope = anyio.CancelScope()
-
-        async def follow(
-            request: ImageRequest, on_submitted: Callable[[str], None], deliver: Deliver
-        ) -> Callable[[], None] | None:
-            return await self._follow(request, timeout, on_submitted, deliver)
-
-        async def runner() -> None:
-            with scope:
-                try:
-                    await run_map(follow, requests, send, window, size, ordered=ordered,
-                                  on_event=on_event, on_failure=failure.append)
-                    completed.append(True)
-                except Exception as exc:  # a bug: re-raised to the consumer
-                    failure.append(exc)
-                finally:
-                    send.close()
-                    finished.set()
-
-        self._spawn(runner)
-        try:
-            async with receive:
-                async for outcome in receive:
-                    window.release()  # taken: one more request may start
-                    yield outcome
-        finally:
-            scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await finished.wait()
-        if failure:
-            raise failure[0]
-        if not completed and self._closed:
-            raise ClientClosedError("the FluxClient was closed during map")
-
-    async def _follow(
-        self,
-        request: ImageRequest,
-        timeout: float | None,
-        on_submitted: Callable[[str], None],
-        deliver: Deliver,
-    ) -> Callable[[], None] | None:
-        """Submit, then call ``deliver`` once when the task resolves or its deadline passes.
-
-        ``_run`` without a coroutine parked per pending task: the poller's settle
-        callback and one timer do the waiting. Returns how to stop following
-        (None when already delivered). Raises what the submission raises.
-        """
-        deadline = deadline_after(timeout)
-        submission, entry = await self._launch(
-            request, deadline=deadline, timeout=timeout, callback_url=self.callback_url,
-            background=False, on_submitted=on_submitted,
-        )
-        if entry is None:
-            deliver(submission.result, None)
-            return None
-        poller = self._poller
-        entry.waiters += 1
-        timer: asyncio.TimerHandle | None = None
-
-        def settled(done: Entry) -> None:
-            if timer is not None:
-                timer.cancel()
-            poller.leave(done)
-            if done.error is not None:
-                deliver(None, done.error)
-                return
-            assert done.task is not None
-            try:
-                result = _result_of(done.task)
-            except TaskFailedError as exc:
-                deliver(None, exc)
-            else:
-                deliver(result, None)
-
-        def stop(expired: bool = False) -> None:
-            if entry.on_settle is None or settled not in entry.on_settle:
-                return  # settled already
-            entry.on_settle.remove(settled)
-            if timer is not None:
-                timer.cancel()
-            poller.leave(entry)
-            if expired:
-                deliver(None, TaskTimeoutError(entry.task_id, timeout))
-            elif entry.request is not None:
-                log.warning("map cancelled; task %s may still finish: client.wait(%r)",
-                            entry.task_id, entry.task_id)
-
-        entry.on_settle = [*(entry.on_settle or ()), settled]
-        if deadline is not None:
-            timer = asyncio.get_running_loop().call_at(deadline, stop, True)
-        return stop
+        run = outcomes(self._launcher, self._tracker, self._spawn, requests,
+                       size=self.max_concurrency, timeout=timeout,
+                       callback_url=self.callback_url, ordered=ordered, on_event=on_event)
+        async with contextlib.aclosing(run):
+            async for outcome in run:
+                yield outcome
 
     # --- uploads -------------------------------------------------------------------
 
@@ -853,8 +627,7 @@ class FluxClient:
         if is_remote(image):
             raise ValidationError(field, "is already a URL: nothing to upload")
         await self._start()
-        assert self._transport is not None
-        return await self._uploader.upload(self._transport, image, field=field)
+        return await self._uploader.upload(self._link.open(), image, field=field)
 
     async def _edit_request(
         self,
@@ -879,26 +652,21 @@ class FluxClient:
         return EditRequest(prompt, image_url=url, model=model, size=size)
 
 
-
 def _check_task_id(field: str, value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(field, f"a task id is a non-empty string, got {value!r:.80}")
 
 
-def _task_of(submission: Submission) -> Task:
-    if submission.result is not None:
-        return Task(submission.task_id, TaskStatus.SUCCEEDED, trace_id=submission.trace_id,
-                    result=submission.result, raw=submission.result.raw)
-    return Task(submission.task_id, TaskStatus.PENDING, trace_id=submission.trace_id)
+def _as_bytes(body: bytes | str | Mapping[str, Any]) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(dict(body), separators=(",", ":")).encode()
 
 
-def _result_of(task: Task) -> ImageResult:
-    if task.result is not None:
-        return task.result
-    error = task.error
-    raise TaskFailedError(
-        task.id,
-        code=error.code if error else None,
-        message=error.message if error else "the task failed",
-        trace_id=task.trace_id,
-    )
+def _ended(task: Task) -> Followed:
+    """A finished task as a done ``Followed``: its waiters get the one outcome rule."""
+    followed = Followed(task.id, Stage.DONE)
+    followed.outcome = task
+    return followed

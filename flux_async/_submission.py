@@ -39,6 +39,8 @@ from typing import Any
 import anyio
 import attrs
 
+from ._coordination import RateGate
+from ._done import Done
 from ._errors import (
     ClientClosedError,
     ConnectError,
@@ -51,9 +53,8 @@ from ._errors import (
     TaskTimeoutError,
     UpstreamTimeoutError,
 )
-from ._limits import Backoff, RateLimiter, remaining
+from ._limits import Backoff, remaining
 from ._models import ImageRequest
-from ._poller import Done
 from ._protocol import IMAGES_PATH, Submission, read_submission, submit_body
 
 __all__ = ["MAX_RATE_LIMIT_RETRIES", "Handover", "Resend", "Submitter", "verdict"]
@@ -129,7 +130,7 @@ class Submitter:
     def __init__(
         self,
         post: Post,
-        limiter: RateLimiter,
+        limiter: RateGate,
         backoff: Backoff,
         *,
         spawn: Spawn,
@@ -163,7 +164,7 @@ class Submitter:
             wire.outcome = read_submission(await self._post(IMAGES_PATH, body))
             self.limiter.succeeded()
         except RateLimitError as exc:
-            pause = self.limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
+            pause = await self.limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
             log.warning("submission rate-limited (HTTP 429); pausing submissions %.1fs", pause)
             wire.outcome = exc
         except Exception as exc:
