@@ -29,6 +29,7 @@ import logging
 import os
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from examples.web_service import create_app
 from flux_async import Recovered
@@ -59,8 +60,20 @@ def _recovered(recovered: Recovered) -> None:
         log.info("recovered task %s: %s", recovered.task_id, recovered.result)
 
 
+@web.middleware
+async def served_by(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Name the worker that answered (``X-Worker-Pid``): to see how the load spreads."""
+    response = await handler(request)
+    response.headers["X-Worker-Pid"] = str(os.getpid())
+    return response
+
+
 async def app_factory() -> web.Application:
-    """What gunicorn's aiohttp worker calls in each worker process, after the fork."""
+    """What gunicorn's aiohttp worker calls in each worker process, after the fork.
+
+    The client closes the coordinator when the app's cleanup closes the client
+    (its slots given back, the tasks it still follows left to the other workers).
+    """
     logging.basicConfig(level=os.environ.get("FLUX_LOG_LEVEL", "INFO"))
     coordinator = RedisCoordinator.from_url(_required(REDIS_URL_ENV))
     app = create_app(
@@ -69,11 +82,5 @@ async def app_factory() -> web.Application:
         on_recovered=_recovered,
         callback_secret=_required(SECRET_ENV),
     )
-
-    async def close_coordinator(app: web.Application) -> None:
-        # After the client's own cleanup (registered first): its tasks are handed
-        # over to the rest of the fleet, its slots given back.
-        await coordinator.close()
-
-    app.on_cleanup.append(close_coordinator)
+    app.middlewares.append(served_by)
     return app
