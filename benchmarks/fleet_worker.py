@@ -187,7 +187,7 @@ class WorkerProcess:
         with self._changed:
             return [e for e in self.events if e["ev"] == kind]
 
-    def wait_for(self, condition: Callable[[list[Event]], bool], timeout: float) -> None:
+    def wait_for(self, condition: Callable[[list[Event]], object], timeout: float) -> None:
         """Block until ``condition(events)`` holds; fail (with stderr) after ``timeout``."""
         with self._changed:
             if not self._changed.wait_for(lambda: condition(self.events), timeout):
