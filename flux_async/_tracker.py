@@ -67,6 +67,7 @@ __all__ = [
     "Watch",
     "advance",
     "outcome_of",
+    "task_outcome",
 ]
 
 log = logging.getLogger("flux_async")
@@ -178,12 +179,17 @@ def outcome_of(followed: Followed) -> tuple[ImageResult | None, FluxError | None
     if isinstance(outcome, FluxError):
         return None, outcome
     assert outcome is not None
-    if outcome.result is not None:
-        return outcome.result, None
-    error = outcome.error
+    return task_outcome(outcome)
+
+
+def task_outcome(task: Task) -> tuple[ImageResult | None, FluxError | None]:
+    """A finished ``Task``'s result, or the ``TaskFailedError`` it stands for."""
+    if task.result is not None:
+        return task.result, None
+    error = task.error
     return None, TaskFailedError(
-        outcome.id, code=error.code if error else None,
-        message=error.message if error else "the task failed", trace_id=outcome.trace_id,
+        task.id, code=error.code if error else None,
+        message=error.message if error else "the task failed", trace_id=task.trace_id,
     )
 
 
@@ -231,6 +237,9 @@ class Tracker:
         self._followed: dict[str, Followed] = {}
         self.recent: OrderedDict[str, Task] = OrderedDict()
         self.counts = dict.fromkeys(Stage, 0)
+        # Parties with a request in hand waiting for room (``map`` at its window):
+        # like callers queued for a slot, a sooner notice lets them submit sooner.
+        self.hungry = 0
         self.deadlines = (Deadlines(self.expire, clock) if schedule is None
                           else Deadlines(self.expire, clock, schedule))
         self.closed = False
