@@ -92,6 +92,27 @@ async def _map(client: Any, s: Scenario, probe: Probe) -> None:
             probe.failed(type(outcome.error).__name__)
 
 
+async def run_flux_async_generate(s: Scenario, url: str, token: str, probe: Probe) -> None:
+    """One ``generate`` call per prompt, all gathered at once: what a new user writes.
+
+    "complete" mode only: ``generate`` does not tell when its task was submitted.
+    """
+    from flux_async import FluxClient, FluxError
+
+    async with FluxClient(token, base_url=url, **s.flux_settings) as client:
+        probe.rounds = lambda: client._poller.rounds
+
+        async def one(prompt: str) -> None:
+            try:
+                result = await client.generate(prompt, size=SIZE)
+            except FluxError as exc:  # every failure is one task's, counted
+                probe.failed(type(exc).__name__)
+                return
+            probe.arrived(result.task_id, [i.raw for i in result.images])
+
+        await asyncio.gather(*(one(p) for p in prompts(s.n)))
+
+
 async def run_flux_async_callback(s: Scenario, url: str, token: str, probe: Probe) -> None:
     """flux_async in callback mode: the receiver of ``flux_async.web`` in this process."""
     from benchmarks import callback_mode
@@ -273,6 +294,7 @@ Job = Callable[[Scenario, str, str, Probe], Coroutine[Any, Any, None]]
 MODULES: dict[str, tuple[str, ...]] = {
     "flux_async": ("flux_async",),
     "flux_async_callback": ("flux_async", "flux_async.web", "aiohttp.web"),
+    "flux_async_generate": ("flux_async",),
     "vendor": ("acedatacloud",),
     "floor_retrieve": ("aiohttp",),
     "floor_batch": ("aiohttp",),
@@ -281,6 +303,7 @@ MODULES: dict[str, tuple[str, ...]] = {
 JOBS: dict[str, Job] = {
     "flux_async": run_flux_async,
     "flux_async_callback": run_flux_async_callback,
+    "flux_async_generate": run_flux_async_generate,
     "vendor": run_vendor,
     "floor_retrieve": run_floor_retrieve,
     "floor_batch": run_floor_batch,

@@ -34,7 +34,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.scenarios import CONTENDERS, scenarios
+from benchmarks.scenarios import CONTENDERS, SCENARIO_KEYS, scenarios
 from benchmarks.servers import ROOT, ServerProcess
 
 __all__ = ["main", "summarise"]
@@ -139,7 +139,7 @@ def _flux_inclusive(raw: str, top: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile")
     parser.add_argument("--contender", default="flux_async", choices=list(CONTENDERS))
-    parser.add_argument("--scenario", default="1", choices=["1", "2", "3"])
+    parser.add_argument("--scenario", default="1", choices=list(SCENARIO_KEYS))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tool", choices=["py-spy", "pyinstrument"],
                         help="default: py-spy when installed, else pyinstrument")

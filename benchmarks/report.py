@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks.scenarios import CONTENDER_LABELS, Scenario, bound_seconds, ideal_seconds
 
-__all__ = ["combine", "format_notes", "format_ratios", "format_table", "make_row", "percentile"]
+__all__ = ["combine", "format_notes", "format_table", "make_row", "percentile"]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -65,6 +65,12 @@ def make_row(s: Scenario, client: dict[str, Any], server: dict[str, Any]) -> dic
         "partial": client.get("partial", False),
     }
     row["requests_per_task"] = row["submissions_per_task"] + row["queries_per_task"]
+    # The server counts 429s in one number; a submission answered anything but 429
+    # creates a task here (no faults are injected), so the rest were 429s.
+    if row["rate_limited"] and row["tasks_created"] is not None:
+        on_submissions = max(0, requests.get("images", 0) - row["tasks_created"])
+        row["rate_limited_submissions"] = on_submissions
+        row["rate_limited_queries"] = row["rate_limited"] - on_submissions
     durations = client.get("durations") or {}
     bound = bound_seconds(s, durations)
     if bound is not None and row["wall"] is not None:
@@ -96,7 +102,8 @@ def make_row(s: Scenario, client: dict[str, Any], server: dict[str, Any]) -> dic
 
 
 #: Counters summed over repeated runs; every other number is the median of the runs.
-_SUMMED = ("rate_limited", "duplicates", "failures")
+_SUMMED = ("rate_limited", "rate_limited_submissions", "rate_limited_queries", "duplicates",
+           "failures")
 
 
 def combine(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -136,6 +143,7 @@ COLUMNS: list[tuple[str, str, str, int]] = [
     ("x ideal", "vs_ideal", ".3f", 7),
     ("subm/task", "submissions_per_task", ".3f", 9),
     ("qry/task", "queries_per_task", ".3f", 9),
+    ("req/task", "requests_per_task", ".3f", 9),
     ("p50 s", "p50", ".3f", 7),
     ("p99 s", "p99", ".3f", 7),
     ("CPU ms/task", "cpu_per_task_ms", ".3f", 11),
@@ -168,17 +176,25 @@ def format_table(rows: Iterable[dict[str, Any]], scenarios: Sequence[Scenario]) 
     return "\n".join(lines)
 
 
+def _limits(s: Scenario) -> str:
+    parts = []
+    if s.max_in_flight is not None:
+        parts.append(f"{s.max_in_flight} in flight")
+    if s.submit_rate is not None:
+        parts.append(f"{s.submit_rate:g} submissions/s")
+    if s.query_rate is not None:
+        parts.append(f"{s.query_rate:g} queries/s")
+    if not parts:
+        return "none"
+    return ", ".join(parts) + " (429 beyond, without Retry-After)"
+
+
 def format_notes(scenarios: Sequence[Scenario], rows: Sequence[dict[str, Any]]) -> str:
     """What each scenario ran, and which flux_async settings differ from the defaults."""
     lines = []
     for s in scenarios:
         settings = ", ".join(f"{k}={v}" for k, v in s.flux_settings.items()) or "none"
-        limits = (
-            f"server limits: {s.max_in_flight} in flight, {s.submit_rate:g} submissions/s, "
-            f"{s.query_rate:g} queries/s (429 beyond)"
-            if s.max_in_flight is not None and s.submit_rate and s.query_rate
-            else "server limits: none"
-        )
+        limits = "server limits: " + _limits(s)
         lines.append(
             f"[{s.key}] {s.n} tasks, generation {s.generation[0]:g}-{s.generation[1]:g} s; "
             f"{limits}."
@@ -224,108 +240,13 @@ def format_notes(scenarios: Sequence[Scenario], rows: Sequence[dict[str, Any]]) 
                        else "")
                     + f", RSS +{row.get('rss_growth_mb', 0):.1f} MB for {s.n} jobs started"
                 )
+            if row.get("rate_limited_submissions") is not None:
+                notes.append(f"429s: {row['rate_limited_submissions']} on submissions, "
+                             f"{row['rate_limited_queries']} on queries")
             if row.get("failure_kinds"):
                 notes.append(f"failures: {row['failure_kinds']}")
             if row.get("error"):
                 notes.append(row["error"])
             if notes:
                 lines.append(f"    {row['label']}: " + "; ".join(notes))
-    return "\n".join(lines)
-
-
-def _find(rows: Sequence[dict[str, Any]], scenario: str, contender: str) -> dict[str, Any] | None:
-    for row in rows:
-        if row["scenario"] == scenario and row["contender"] == contender:
-            return row
-    return None
-
-
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("met" if ok else "NOT MET")
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return a / b
-
-
-def format_ratios(rows: Sequence[dict[str, Any]], scenarios: Sequence[Scenario]) -> str:
-    """flux_async's figures against their targets and against the others, same run."""
-    lines = ["Figures (flux_async; targets from the issue, ratios within this run):"]
-
-    def line(what: str, value: str, target: str = "", ok: bool | None = None) -> None:
-        verdict = _verdict(ok) if target else ""
-        lines.append(f"  {what:<46} {value:<24} {target:<22} {verdict}".rstrip())
-
-    keys = {s.key: s for s in scenarios}
-    fa1 = _find(rows, "1", "flux_async")
-    cb1 = _find(rows, "1", "flux_async_callback")
-    if fa1 is not None:
-        rpt = fa1["requests_per_task"]
-        line("[1] requests per task", f"{rpt:.3f}", "<= 1.25", rpt <= 1.25)
-        if fa1["p50"] is not None:
-            line("[1] notice latency p50 / p99 (polling)",
-                 f"{fa1['p50']:.3f} / {fa1['p99']:.3f} s", "<= 0.6 / <= 1.5 s",
-                 fa1["p50"] <= 0.6 and fa1["p99"] <= 1.5)
-        floor = _find(rows, "1", "floor_batch")
-        r = _ratio(fa1["cpu_per_task"], floor["cpu_per_task"] if floor else None)
-        line("[1] CPU per task / floor: retrieve_batch's",
-             "-" if r is None else f"{r:.2f}x", "<= 1.2x", None if r is None else r <= 1.2)
-    if cb1 is not None and cb1["p50"] is not None:
-        line("[1] notice latency p50 (callback)", f"{cb1['p50'] * 1000:.1f} ms", "< 50 ms",
-             cb1["p50"] < 0.05)
-    fa2 = _find(rows, "2", "flux_async")
-    if fa2 is not None:
-        s2 = keys["2"]
-        per = fa2.get("rss_per_pending")
-        line(f"[2] RSS per pending task ({fa2.get('pending')} pending)",
-             "-" if per is None else f"{per / 1024:.2f} KB", "<= 3 KB",
-             None if per is None else per <= 3 * 1024)
-        batch = s2.flux_settings.get("batch_size", 50)
-        limit = math.ceil(s2.n / batch)
-        qpr = fa2.get("queries_per_round")
-        line("[2] queries per poll round", "-" if qpr is None else f"{qpr:.1f}",
-             f"<= ceil({s2.n}/{batch}) = {limit}", None if qpr is None else qpr <= limit + 1e-9)
-    fa3 = _find(rows, "3", "flux_async")
-    cb3 = _find(rows, "3", "flux_async_callback")
-    if fa3 is not None:
-        line("[3] answers with 429", str(fa3["rate_limited"]), "0", fa3["rate_limited"] == 0)
-    for row in (fa3, cb3):
-        if row is None or row.get("vs_bound") is None:
-            continue
-        mode = " (callback)" if row is cb3 else ""
-        line(f"[3] wall time / bound{mode}",
-             f"{row['vs_bound']:.3f}x ({row['wall']:.1f} / {row['bound']:.1f} s)", "<= 1.05x",
-             row["vs_bound"] <= 1.05)
-        if row.get("vs_ideal") is not None:
-            line(f"[3]   wall time / perfect client's{mode}",
-                 f"{row['vs_ideal']:.3f}x ({row['wall']:.1f} / {row['ideal']:.1f} s)")
-    if cb3 is not None and cb3["p50"] is not None:
-        line("[3] notice latency p50 (callback)", f"{cb3['p50'] * 1000:.1f} ms", "< 50 ms",
-             cb3["p50"] < 0.05)
-
-    lines.append("")
-    lines.append(
-        "Others relative to flux_async (same scenario, same run; >1 = more than flux_async):"
-    )
-    metrics = [("wall", "wall"), ("requests/task", "requests_per_task"), ("p50", "p50"),
-               ("p99", "p99"), ("CPU/task", "cpu_per_task"), ("peak RSS", "peak_rss_mb"),
-               ("RSS/pending", "rss_per_pending")]
-    for s in scenarios:
-        base = _find(rows, s.key, "flux_async")
-        if base is None:
-            continue
-        for row in rows:
-            if row["scenario"] != s.key or row["contender"] == "flux_async":
-                continue
-            if s.mode == "pending" and (row.get("pending") or 0) < s.n:
-                lines.append(f"  [{s.key}] {row['label']:<22} never had all tasks pending")
-                continue
-            parts = []
-            for name, key in metrics:
-                r = _ratio(row.get(key), base.get(key))
-                if r is not None:
-                    parts.append(f"{name} {r:.2f}x")
-            lines.append(f"  [{s.key}] {row['label']:<22} " + ", ".join(parts))
     return "\n".join(lines)

@@ -4,6 +4,7 @@
     python -m benchmarks --quick              # scaled down, under a minute
     python -m benchmarks --scenario 1 --contender flux_async --contender floor_batch
     python -m benchmarks --json results.json  # also keep the raw rows
+    python -m benchmarks --scenario 3 --set busy_poll_interval=0.5 --limit query_rate=none
 
 Each (contender, scenario) runs in a client process of its own against a fresh
 server process (``python -m flux_async.testing``), so CPU and RSS are that
@@ -29,9 +30,10 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.contenders import callback_available
-from benchmarks.report import combine, format_notes, format_ratios, format_table, make_row
-from benchmarks.scenarios import CONTENDERS, Scenario, scenarios
+from benchmarks.report import combine, format_notes, format_table, make_row
+from benchmarks.scenarios import CONTENDERS, LIMITS, SCENARIO_KEYS, Scenario, scenarios
 from benchmarks.servers import ROOT, ServerProcess
+from benchmarks.targets import format_relative, format_targets
 
 __all__ = ["main", "run_scenario"]
 
@@ -131,21 +133,52 @@ def _revision() -> str:
     return f"flux_async at {head}" + (" with local changes" if dirty else "")
 
 
+def _assignment(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` from the command line: VALUE an int, a float, or ``none``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    if value.lower() == "none":
+        return name, None
+    try:
+        return name, int(value)
+    except ValueError:
+        pass
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: not a number: {value!r}") from None
+
+
+def _limit(text: str) -> tuple[str, Any]:
+    name, value = _assignment(text)
+    if name not in LIMITS:
+        raise argparse.ArgumentTypeError(f"not a server limit: {name!r}")
+    return name, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="scaled-down run, under a minute")
-    parser.add_argument("--scenario", action="append", choices=["1", "2", "3"],
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIO_KEYS),
                         help="run only this scenario (repeatable)")
     parser.add_argument("--contender", action="append", choices=list(CONTENDERS),
                         help="run only this contender (repeatable)")
     parser.add_argument("--serial", action="store_true",
-                        help="run scenario 3's contenders one after another")
+                        help="run the contenders of scenarios 3-5 one after another")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        type=_assignment, help="change a flux_async setting in the chosen "
+                        "scenarios, e.g. busy_poll_interval=0.5 (repeatable)")
+    parser.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                        type=_limit, help="change a server limit in the chosen "
+                        f"scenarios ({', '.join(LIMITS)}; none for no limit; repeatable)")
     parser.add_argument("--json", metavar="PATH", help="also write the raw rows as JSON")
     args = parser.parse_args(argv)
 
-    chosen = [s for s in scenarios(args.quick) if not args.scenario or s.key in args.scenario]
+    chosen = [s.overridden(dict(args.set), dict(args.limit)) for s in scenarios(args.quick)
+              if not args.scenario or s.key in args.scenario]
     have_callback = callback_available()
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
@@ -171,7 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    flux_async (callback) skipped in [{', '.join(skipped)}]: "
               "flux_async.web is not in this checkout.")
     print()
-    print(format_ratios(rows, chosen))
+    if args.set or args.limit:
+        print("Settings or limits changed on the command line (--set, --limit): the "
+              "targets below are not measured at the scenarios' own settings.")
+    print(format_targets(rows, chosen))
+    relative = format_relative(rows, chosen)
+    if relative:
+        print()
+        print(relative)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"quick": args.quick, "rows": rows,

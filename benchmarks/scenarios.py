@@ -14,6 +14,9 @@ from typing import Any
 __all__ = [
     "CONTENDERS",
     "CONTENDER_LABELS",
+    "DEFAULT_CONTENDERS",
+    "LIMITS",
+    "SCENARIO_KEYS",
     "SIZE",
     "Scenario",
     "bound_seconds",
@@ -28,11 +31,19 @@ SIZE = "1024x1024"
 CONTENDER_LABELS: dict[str, str] = {
     "flux_async": "flux_async",
     "flux_async_callback": "flux_async (callback)",
+    "flux_async_generate": "flux_async: generate",
     "vendor": "acedatacloud SDK",
     "floor_retrieve": "floor: retrieve",
     "floor_batch": "floor: retrieve_batch",
 }
 CONTENDERS = tuple(CONTENDER_LABELS)
+#: Server limits a scenario sets, which ``--limit`` may change.
+LIMITS = ("max_in_flight", "submit_rate", "query_rate")
+#: Scenario keys, for command-line choices.
+SCENARIO_KEYS = ("1", "2", "3", "4", "5")
+#: The contenders a scenario runs unless it says otherwise (``flux_async_generate``
+#: is scenario 5's own: ``generate`` calls gathered at once instead of ``map``).
+DEFAULT_CONTENDERS = tuple(c for c in CONTENDERS if c != "flux_async_generate")
 
 
 @dataclasses.dataclass
@@ -62,7 +73,7 @@ class Scenario:
     # pending state is then held (long enough for the vendor's 3 s poll to come by).
     pending_deadline: float = 180.0
     hold: float = 6.5
-    contenders: tuple[str, ...] = CONTENDERS
+    contenders: tuple[str, ...] = DEFAULT_CONTENDERS
     # Run the contenders at the same time, each against its own server process
     # (the scenario is bound by the limits, not by CPU).
     parallel: bool = False
@@ -93,6 +104,12 @@ class Scenario:
     @property
     def mean_generation(self) -> float:
         return sum(self.generation) / 2
+
+    def overridden(self, settings: Mapping[str, Any], limits: Mapping[str, Any]) -> Scenario:
+        """This scenario with flux_async settings and server limits changed (``--set``,
+        ``--limit``); the notes under the table then show them."""
+        return dataclasses.replace(self, flux_settings={**self.flux_settings, **settings},
+                                   **limits)
 
     def server_args(self) -> list[str]:
         """Command-line options of ``python -m flux_async.testing`` for this scenario."""
@@ -133,19 +150,21 @@ def ideal_seconds(s: Scenario, durations: Sequence[float]) -> float | None:
     ``durations`` in submission order. The perfect client submits the next task the
     instant both a submission token (the server's bucket: ``submit_rate`` per second,
     bursts of ``max(1, submit_rate)``) and an in-flight slot are free, hears of every
-    finish at once, and pays no network time. The formula of ``bound_seconds`` is
+    finish at once, and pays no network time (no in-flight limit: the submission
+    rate alone). The formula of ``bound_seconds`` is
     lower still, and cannot be reached when both limits bind together: a slot freed
     between two tokens waits for the next one.
     """
-    if s.submit_rate is None or s.max_in_flight is None or len(durations) < s.n:
+    if s.submit_rate is None or len(durations) < s.n:
         return None
+    slots = s.max_in_flight if s.max_in_flight is not None else s.n
     rate = s.submit_rate
     capacity = max(1.0, rate)
     level, stamp = capacity, 0.0
     finishing: list[float] = []
     now = end = 0.0
     for duration in durations:
-        if len(finishing) >= s.max_in_flight:
+        if len(finishing) >= slots:
             now = max(now, heapq.heappop(finishing))
         level = min(capacity, level + (now - stamp) * rate)
         stamp = now
@@ -159,8 +178,13 @@ def ideal_seconds(s: Scenario, durations: Sequence[float]) -> float | None:
 
 
 def scenarios(quick: bool = False) -> list[Scenario]:
-    """The three scenarios, at full size or scaled down for ``--quick``."""
-    one = Scenario(
+    """The five scenarios, at full size or scaled down for ``--quick``."""
+    return [_job(quick), _scale(quick), _vendor_limits(quick), _tighter_limits(quick),
+            _new_user(quick)]
+
+
+def _job(quick: bool) -> Scenario:
+    return Scenario(
         key="1",
         title="1,000-task job" if not quick else "job (quick: 100 tasks)",
         n=100 if quick else 1000,
@@ -170,7 +194,10 @@ def scenarios(quick: bool = False) -> list[Scenario]:
         child_timeout=120 if quick else 300,
         repeat=1 if quick else 3,
     )
-    two = Scenario(
+
+
+def _scale(quick: bool) -> Scenario:
+    return Scenario(
         key="2",
         title="scale: 10,000 pending" if not quick else "scale (quick: 500 pending)",
         n=500 if quick else 10_000,
@@ -187,7 +214,10 @@ def scenarios(quick: bool = False) -> list[Scenario]:
         contenders=("flux_async", "vendor", "floor_retrieve", "floor_batch"),
         child_timeout=120 if quick else 420,
     )
-    three = Scenario(
+
+
+def _vendor_limits(quick: bool) -> Scenario:
+    return Scenario(
         key="3",
         title="at the vendor's limits" if not quick else "limits (quick: 30 tasks)",
         n=30 if quick else 500,
@@ -197,11 +227,59 @@ def scenarios(quick: bool = False) -> list[Scenario]:
         submit_rate=5.0,
         query_rate=60.0,
         flux_settings={},
-        # flux_async polls every busy_poll_interval (0.25 s) while callers queue for
-        # a slot, as they do here all along; the floors poll at the same interval.
+        # flux_async polls every busy_poll_interval (0.2 s) while every slot is
+        # taken, as here all along; the floors poll at about the same interval.
         floor_interval=0.25,
         floor_submit_rate=5.0,
         parallel=True,
         child_timeout=120 if quick else 900,
     )
-    return [one, two, three]
+
+
+def _tighter_limits(quick: bool) -> Scenario:
+    # Limits below every default of the client (10 in flight, 5 submissions/s, 30
+    # queries/s), which it is not told about: it learns them from 429s, which carry
+    # no Retry-After (the local server's default, as the vendor documents none).
+    # The submission rate binds: N / 2 s against N x 2 s / 6 for the generations.
+    return Scenario(
+        key="4",
+        title="tighter limits, no Retry-After" if not quick else "tighter (quick: 30 tasks)",
+        n=30 if quick else 200,
+        generation=(0.5, 1.5) if quick else (1.0, 3.0),
+        concurrency=10,
+        max_in_flight=6,
+        submit_rate=2.0,
+        query_rate=20.0,
+        flux_settings={},
+        # The floor is as unaware as flux_async: the client's defaults, a fixed 1 s
+        # pause after a 429 without Retry-After.
+        floor_interval=0.25,
+        floor_submit_rate=5.0,
+        contenders=("flux_async", "floor_batch"),
+        parallel=True,
+        child_timeout=120 if quick else 600,
+    )
+
+
+def _new_user(quick: bool) -> Scenario:
+    # What a new user writes: generate() for every prompt, gathered at once, with a
+    # bigger max_concurrency and every other setting left alone; the service at the
+    # vendor's documented rates. The client's default submit_rate (5/s) binds, so
+    # most callers hold a slot while they queue for a submission turn.
+    return Scenario(
+        key="5",
+        title="a new user's 200 generate calls" if not quick else
+        "new user (quick: 100 generate calls)",
+        n=100 if quick else 200,
+        generation=(1.0, 3.0),
+        concurrency=50,
+        max_in_flight=None,
+        submit_rate=5.0,
+        query_rate=60.0,
+        flux_settings={"max_concurrency": 50},
+        floor_interval=1.0,
+        floor_submit_rate=5.0,
+        contenders=("flux_async_generate", "flux_async", "floor_batch"),
+        parallel=True,
+        child_timeout=180 if quick else 300,
+    )

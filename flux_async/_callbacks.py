@@ -67,6 +67,7 @@ __all__ = [
     "Claim",
     "Lookups",
     "adopt_early",
+    "body_bytes",
     "judge",
 ]
 
@@ -187,6 +188,15 @@ class CallbackBook:
     def settle(self, nonce: str | None) -> Held:
         """The submission of ``nonce`` got its answer: stop holding, return what came."""
         return {} if nonce is None else self._in_flight.pop(nonce, {})
+
+
+def body_bytes(body: bytes | str | Mapping[str, Any]) -> bytes:
+    """A callback's body as the bytes a routed callback carries."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(dict(body), separators=(",", ":")).encode()
 
 
 def _reject(status: int, reason: str, task: Task | None = None) -> CallbackVerdict:

@@ -1,6 +1,6 @@
-"""``FluxClient``: the session users hold.
+"""``FluxClient``: the session users hold; lifecycle, wiring and thin public methods.
 
-The client is lifecycle and wiring; the work is in the parts it assembles:
+The work is in the parts it assembles (``_parts``):
 
 - ``_coordination``: where the slots and the two rate gates come from (in this
   process by default, or a shared coordinator's);
@@ -9,81 +9,69 @@ The client is lifecycle and wiring; the work is in the parts it assembles:
 - ``_tracker``: every followed task from slot to release, its waiters and
   their deadlines, the one settle path;
 - ``_poller`` and ``_queries``: asking the service about followed tasks;
-- ``_callbacks``: what a posted callback means; ``_map``: many requests.
-
-Background work (poll rounds, ``map`` runs, paid POSTs on the wire) lives in one
-anyio task group hosted by a supervisor task the client starts on first use;
-``aclose()`` lets paid POSTs answer, then cancels the group and waits for it, so
-nothing outlives the client. Hosting the group in its own task lets a web app
-open the client in one task and close it in another, as aiohttp's
-``cleanup_ctx`` may.
+- ``_callbacks``: what a posted callback means; ``_map``: many requests;
+- ``_lifecycle``: the client's state and its background task group; ``_link``:
+  its session (``_http``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import enum
-import json
 import logging
 import os
-import pathlib
-import weakref
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterable,
     Callable,
-    Coroutine,
     Iterable,
     Mapping,
 )
 from types import TracebackType
 from typing import Any
 
-import aiohttp
 import anyio
 import anyio.abc
 
-from ._callbacks import CallbackBook, CallbackVerdict, judge
-from ._coordination import Coordinator, LocalCoordinator, LocalDirectory
-from ._download import DEFAULT_MAX_IMAGE_BYTES, DownloadTarget, download_images, fetch_bytes
+from . import _http
+from ._callbacks import CallbackBook, CallbackVerdict, body_bytes, judge
+from ._coordination import Coordinator, LocalCoordinator
+from ._edits import edit_request
 from ._errors import (
     ClientClosedError,
     ConfigurationError,
     CoordinationError,
-    FluxError,
     ValidationError,
 )
-from ._launch import Launcher, task_of
+from ._files import FileMethods
+from ._launch import task_of
+from ._lifecycle import ClientState, Lifecycle, hold, release
 from ._limits import Backoff, deadline_after
 from ._link import Link
-from ._map import MapEvent, Requests, outcomes
+from ._map import MapEvent, Requests, check_requests, outcomes
 from ._models import (
     EditRequest,
     GenerateRequest,
-    Image,
     ImageRequest,
     ImageResult,
     Outcome,
     Task,
     check_http_url,
 )
-from ._poller import DEFAULT_NOT_FOUND_GRACE, Poller
+from ._parts import Parts
+from ._poller import DEFAULT_NOT_FOUND_GRACE
 from ._protocol import DEFAULT_BASE_URL
-from ._queries import TaskQueries
 from ._recovery import RecoveredHook, Recovering
 from ._settings import (
     USE_CLIENT_DEFAULT,
     ClientSettings,
     UseClientDefault,
     check_api_key,
+    check_task_id,
+    check_task_ids,
     resolve_timeout,
 )
-from ._submission import Submitter
-from ._tracker import Followed, Stage, Tracker
-from ._upload import ImageSource, is_remote, upload_url_for
+from ._tracker import task_outcome
+from ._upload import ImageSource, upload_url_for
 from ._uploader import Uploader
-from ._wire import unstructure_request
 
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "ClientState", "FluxClient"]
 
@@ -92,19 +80,8 @@ log = logging.getLogger("flux_async")
 API_KEY_ENV = "ACEDATACLOUD_API_TOKEN"
 BASE_URL_ENV = "FLUX_ASYNC_BASE_URL"
 
-# The running clients of each coordinator: the last to close closes it.
-_USERS: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
 
-
-class ClientState(enum.Enum):
-    NEW = "built; nothing started"
-    STARTING = "first use: the coordinator and the background group are starting"
-    RUNNING = "running"
-    CLOSING = "aclose() under way: nothing new starts"
-    CLOSED = "closed"
-
-
-class FluxClient:
+class FluxClient(FileMethods):
     """An async client of the Flux image API; use it as ``async with FluxClient() as c``.
 
     ``api_key`` falls back to ``$ACEDATACLOUD_API_TOKEN`` and ``base_url`` to
@@ -153,7 +130,7 @@ class FluxClient:
         callback_poll_interval: float = 30.0,
         callback_secret: str | None = None,
         upload_url: str | None = None,
-        session: aiohttp.ClientSession | None = None,
+        session: _http.Session | None = None,
         not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
         coordinator: Coordinator | None = None,
         on_recovered: RecoveredHook | None = None,
@@ -182,11 +159,7 @@ class FluxClient:
         self.callback_url = s.callback_url
         self.callback_poll_interval = s.callback_poll_interval
         self.upload_url = upload_url_for(s.upload_url, self.base_url)
-        self._state = ClientState.NEW
-        self._started: anyio.Event | None = None
-        self._stopping: anyio.Event | None = None
-        self._group: anyio.abc.TaskGroup | None = None
-        self._supervisor: asyncio.Task[None] | None = None
+        self._life = Lifecycle()
         # The key lives only inside the link's headers, which nothing prints.
         self._link = Link(self.base_url, api_key, session, request_timeout=s.request_timeout)
         # Holds the callback secret; its repr hides it.
@@ -194,31 +167,10 @@ class FluxClient:
         self._backoff = backoff = Backoff(base=s.retry_backoff, cap=max(16.0, s.retry_backoff))
         self._uploader = Uploader(self.upload_url, attempts=s.max_retries, backoff=backoff,
                                   request_timeout=s.request_timeout)
-        self._coordinator = coordinator if coordinator is not None else LocalCoordinator()
-        self._slots = self._coordinator.slots(s.max_concurrency)
-        submit_gate = self._coordinator.rate_gate(
-            "submit", s.submit_rate, s.effective_submit_burst, backoff)
-        query_gate = self._coordinator.rate_gate("query", s.query_rate, s.query_burst, backoff)
-        directory = self._coordinator.directory
-        self._directory = None if isinstance(directory, LocalDirectory) else directory
-        self._tracker = tracker = Tracker(
-            give_back=self._slots.give_back,
-            directory=None if self._directory is None else self._tell_directory,
-        )
-        self._queries = TaskQueries(self._link.post, query_gate, backoff,
-                                    attempts=s.max_retries, chunk_size=s.batch_size)
-        self._poller = Poller(
-            tracker, self._queries, spawn=self._spawn, interval=s.poll_interval,
-            busy_interval=s.busy_poll_interval, callback_interval=s.callback_poll_interval,
-            hurry=self._hurry, not_found_grace=s.not_found_grace,
-        )
-        self._submitter = Submitter(
-            self._link.post, submit_gate, backoff, spawn=self._spawn,
-            max_retries=s.max_retries, resend_uncertain=s.resend_uncertain,
-        )
-        self._launcher = Launcher(tracker, self._slots, self._submitter, self._callbacks,
-                                  callback_poll_interval=s.callback_poll_interval,
-                                  waiting=self._poller.wake)
+        self._parts = parts = Parts(
+            s, coordinator if coordinator is not None else LocalCoordinator(),
+            self._link.post, self._life.spawn, self._callbacks, backoff)
+        self._tracker, self._poller = parts.tracker, parts.poller
         self._on_recovered = on_recovered
 
     def __repr__(self) -> str:
@@ -236,53 +188,22 @@ class FluxClient:
 
     @property
     def closed(self) -> bool:
-        return self._state in (ClientState.CLOSING, ClientState.CLOSED)
+        return self._life.closed
 
     @property
     def in_flight(self) -> int:
         """Generation slots in use: submitted (or submitting) and not yet resolved."""
-        return self._slots.in_use
+        return self._parts.slots.in_use
 
     async def _start(self) -> None:
-        while self._state is not ClientState.RUNNING:  # no checkpoint once running
-            if self.closed:
-                raise ClientClosedError("this FluxClient is closed")
-            if self._state is ClientState.STARTING:
-                assert self._started is not None
-                await self._started.wait()
-                continue
-            self._state, started = ClientState.STARTING, anyio.Event()
-            self._started = started
-            try:
-                await self._coordinator.start(self)
-            except BaseException:
-                self._state = ClientState.NEW
-                raise
-            finally:
-                started.set()
-            _USERS.setdefault(self._coordinator, set()).add(id(self))
-            self._stopping = anyio.Event()
-            self._link.open()
-            group_ready = anyio.Event()
-            self._supervisor = asyncio.get_running_loop().create_task(
-                self._supervise(group_ready))
-            await group_ready.wait()
+        if self._life.state is not ClientState.RUNNING:  # no checkpoint once running
+            await self._life.start(self._first_use)
 
-    async def _supervise(self, ready: anyio.Event) -> None:
-        assert self._stopping is not None
-        async with anyio.create_task_group() as group:
-            self._group = group
-            if self._state is ClientState.STARTING:
-                self._state = ClientState.RUNNING
-            ready.set()
-            await self._stopping.wait()
-            group.cancel_scope.cancel()
-        self._group = None
-
-    def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        if self._group is None:
-            raise ClientClosedError("this FluxClient is closed")
-        self._group.start_soon(fn)
+    async def _first_use(self) -> None:
+        coordinator = self._parts.coordinator
+        await coordinator.start(self)
+        hold(coordinator, self)
+        self._link.open()
 
     async def aclose(self) -> None:
         """Stop background work, fail pending waits, close the session.
@@ -293,14 +214,14 @@ class FluxClient:
         of submitted tasks still running are logged (WARNING for tasks adopted
         after their caller left, INFO for the others, whose ids their callers have).
         """
-        if self.closed:
+        if not self._life.begin_closing():
             return
-        self._state = ClientState.CLOSING
-        self._submitter.closing = True
+        submitter = self._parts.submitter
+        submitter.closing = True
         with anyio.CancelScope(shield=True):
-            if self._submitter.on_wire:
+            if submitter.on_wire:
                 with anyio.move_on_after(self.settings.request_timeout + 5.0):
-                    await self._submitter.drained()
+                    await submitter.drained()
             adopted, others = self._tracker.close(
                 ClientClosedError("the FluxClient was closed while waiting"))
             for level, ids in ((logging.WARNING, adopted), (logging.INFO, others)):
@@ -308,59 +229,16 @@ class FluxClient:
                     log.log(level, "FluxClient closed with %d submitted task(s) still "
                             "running; they may still finish and be billed, wait on them "
                             "with another client: %s", len(ids), ", ".join(ids))
-            if self._stopping is not None:
-                self._stopping.set()
-            if self._supervisor is not None:
-                await self._supervisor
+            await self._life.stop()
             await self._link.close()
-            users = _USERS.get(self._coordinator, set())
-            users.discard(id(self))
-            if not users:  # the last client using it closes it
-                try:
-                    await self._coordinator.close()
-                except CoordinationError as exc:
-                    log.warning("closing the coordinator failed: %s", exc)
-            self._state = ClientState.CLOSED
-
-    # --- the poll cadence and the directory (wired into the parts) ----------------------
-
-    def _hurry(self) -> bool:
-        """Whether a sooner notice of a finished task buys something now.
-
-        It does when a caller waits for a slot and could submit at once if one
-        freed: nobody holding a slot is still queued for a submission turn.
-        While slot holders wait on the submission rate, a freed slot would only
-        join that queue, so fast rounds would buy nothing.
-        """
-        return self._slots.waiting > 0 and not self._tracker.counts[Stage.SENDING]
-
-    def _tell_directory(self, task_id: str, followed: Followed | None) -> None:
-        """Tell a shared coordinator's directory (in the background) what is followed here."""
-        directory = self._directory
-        assert directory is not None
-        if self._tracker.closed:
-            return  # still running: left recorded under this process's lease, for adoption
-        request = None if followed is None else followed.request
-        fields = None if request is None else unstructure_request(request)
-
-        async def tell() -> None:
-            try:
-                if followed is None:
-                    await directory.resolved(task_id)
-                else:
-                    await directory.followed(task_id, fields)
-            except FluxError as exc:
-                log.warning("the coordinator could not record task %s: %s", task_id, exc)
-
-        with contextlib.suppress(ClientClosedError):
-            self._spawn(tell)
+            await release(self._parts.coordinator, self)
 
     # --- requests ------------------------------------------------------------------
 
     async def _run(self, request: ImageRequest, timeout: float | None) -> ImageResult:
         deadline = deadline_after(timeout)
         await self._start()
-        submission, followed = await self._launcher.launch(
+        submission, followed = await self._parts.launcher.launch(
             request, deadline=deadline, timeout=timeout, callback_url=self.callback_url)
         if followed is None:
             assert submission.result is not None
@@ -403,8 +281,8 @@ class FluxClient:
         ``timeout`` counts from the submission, after any upload.
         """
         timeout = resolve_timeout(timeout, self.timeout)
-        return await self._run(await self._edit_request(prompt, image, image_url, model, size),
-                               timeout)
+        request = await edit_request(prompt, image, image_url, model, size, self._upload)
+        return await self._run(request, timeout)
 
     async def submit(self, request: ImageRequest, *, callback_url: str | None = None) -> Task:
         """Submit and return as soon as the service gives a task id.
@@ -419,7 +297,7 @@ class FluxClient:
         if callback_url is not None:
             check_http_url("callback_url", callback_url)
         await self._start()
-        submission, _ = await self._launcher.launch(
+        submission, _ = await self._parts.launcher.launch(
             request, deadline=None, timeout=None,
             callback_url=callback_url or self.callback_url, kept=True,
         )
@@ -441,8 +319,11 @@ class FluxClient:
         known = task if isinstance(task, Task) and task.status.finished else None
         known = known or self._tracker.finished(task_id)
         if known is not None:
-            self._tracker.remember(known)
-            return await self._tracker.wait(_ended(known), None, None)
+            result, error = task_outcome(known)
+            if error is not None:
+                raise error
+            assert result is not None
+            return result
         deadline = deadline_after(timeout)
         await self._start()
         return await self._tracker.wait(self._tracker.follow(task_id), deadline, timeout)
@@ -454,23 +335,18 @@ class FluxClient:
         WARNING record without one); ``wait(id)`` on them works as on any task.
         A shared coordinator calls this with the tasks of processes that died.
         """
-        if isinstance(task_ids, (str, bytes)) or not isinstance(task_ids, Iterable):
-            raise ValidationError(
-                "task_ids", f"must be an iterable of task ids, got {task_ids!r:.80}")
-        ids = list(task_ids)
-        for task_id in ids:
-            _check_task_id("task_ids", task_id)
+        ids = check_task_ids(task_ids)
         await self._start()
         for task_id in ids:
             followed = self._tracker.follow(task_id)
             followed.kept = followed.adopted = True
-            self._tracker.watch(followed, Recovering(task_id, self._on_recovered, self._spawn))
+            self._tracker.watch(followed, Recovering(task_id, self._on_recovered, self._life.spawn))
 
     async def get_task(self, task_id: str) -> Task:
         """One task as the service reports it now (``retrieve``)."""
-        _check_task_id("task_id", task_id)
+        check_task_id("task_id", task_id)
         await self._start()
-        task = await self._queries.get_task(task_id)
+        task = await self._parts.queries.get_task(task_id)
         self._tracker.resolve(task)
         return task
 
@@ -479,15 +355,9 @@ class FluxClient:
 
         Ids the service does not know are left out, as the service leaves them out.
         """
-        if isinstance(task_ids, (str, bytes)) or not isinstance(task_ids, Iterable):
-            raise ValidationError(
-                "task_ids", f"must be an iterable of task ids, got {task_ids!r:.80}"
-            )
-        given = list(task_ids)
-        for task_id in given:
-            _check_task_id("task_ids", task_id)
+        given = check_task_ids(task_ids)
         await self._start()
-        tasks = await self._queries.get_tasks(given)
+        tasks = await self._parts.queries.get_tasks(given)
         for task in tasks:
             self._tracker.resolve(task)
         return tasks
@@ -522,10 +392,10 @@ class FluxClient:
         call it from any other framework the same way (cap the body size first).
         """
         verdict = self.receive_callback(token, body)
-        if verdict.kind != "unclaimed" or self._directory is None or verdict.task is None:
+        if verdict.kind != "unclaimed" or self._parts.directory is None or verdict.task is None:
             return verdict
         try:
-            status = await self._directory.route_callback(token, _as_bytes(body))
+            status = await self._parts.directory.route_callback(token, body_bytes(body))
         except CoordinationError as exc:
             return CallbackVerdict(503, "routed", f"the process following the task could "
                                    f"not be reached: {exc}", verdict.task)
@@ -533,43 +403,6 @@ class FluxClient:
             return verdict
         return CallbackVerdict(status, "routed", "handed to the process following the task",
                                verdict.task)
-
-    async def download(
-        self,
-        target: DownloadTarget,
-        directory: str | os.PathLike[str],
-        *,
-        prefix: str | None = None,
-        concurrency: int = 4,
-        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-        overwrite: bool = False,
-    ) -> list[pathlib.Path]:
-        """Save images to files under ``directory`` (created if missing); return the paths.
-
-        ``target`` is an ``ImageResult``, an ``Image`` or Images. Files are named
-        ``{prefix or task id or URL stem}-{index}{ext}``, reduced to safe
-        characters, ``ext`` from the content type. ``concurrency`` downloads run at
-        once; each is streamed to a temporary file and renamed when complete, so a
-        failed or cancelled download leaves nothing. Raises ``NotAnImageError``
-        (not ``image/*``), ``ImageTooLargeError`` (over ``max_bytes``), another
-        ``DownloadError`` (an HTTP error, or failures that outlasted the retries),
-        ``FileExistsError`` unless ``overwrite``. The first failure cancels the rest;
-        files already complete stay.
-        """
-        await self._start()
-        return await download_images(
-            self._link.fetcher(self.max_retries, self._backoff), target, directory,
-            prefix=prefix, concurrency=concurrency, max_bytes=max_bytes, overwrite=overwrite,
-        )
-
-    async def fetch_image(
-        self, image: Image | str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    ) -> bytes:
-        """An image's bytes in memory; the same checks and retries as ``download``."""
-        url = image.url if isinstance(image, Image) else image
-        await self._start()
-        return await fetch_bytes(self._link.fetcher(self.max_retries, self._backoff), url,
-                                 max_bytes)
 
     async def map(
         self,
@@ -591,82 +424,12 @@ class FluxClient:
         itself (not in an ``ExceptionGroup``) once the outcomes already delivered
         have been yielded.
         """
-        if isinstance(requests, (str, bytes, GenerateRequest, EditRequest)) or not isinstance(
-            requests, (Iterable, AsyncIterable)
-        ):
-            raise ValidationError(
-                "requests", f"must be an iterable of requests, got {requests!r:.80}"
-            )
-        if on_event is not None and not callable(on_event):
-            raise ValidationError("on_event", f"must be callable, got {on_event!r:.80}")
+        check_requests(requests, on_event)
         timeout = resolve_timeout(timeout, self.timeout)
         await self._start()
-        run = outcomes(self._launcher, self._tracker, self._spawn, requests,
+        run = outcomes(self._parts.launcher, self._tracker, self._life.spawn, requests,
                        size=self.max_concurrency, timeout=timeout,
                        callback_url=self.callback_url, ordered=ordered, on_event=on_event)
         async with contextlib.aclosing(run):
             async for outcome in run:
                 yield outcome
-
-    # --- uploads -------------------------------------------------------------------
-
-    async def upload(self, image: ImageSource) -> str:
-        """Upload a local image; return the URL the service hosts it at (valid 7 days).
-
-        ``image`` is a path (``str`` or ``os.PathLike``) or the image's bytes. It
-        is read and checked before anything is sent: a missing, unreadable or
-        empty file, a directory, more than 25 MB, or content that is not a PNG,
-        JPEG, WebP or GIF image raise ``ValidationError`` (field ``image``).
-        Uploads are not billed: a connect error, a broken connection, a 5xx or a
-        429 is tried again (``max_retries`` in all); the answer's errors raise
-        the same ``APIError`` subclasses as every other call.
-        """
-        return await self._upload(image, "image")
-
-    async def _upload(self, image: ImageSource, field: str) -> str:
-        if is_remote(image):
-            raise ValidationError(field, "is already a URL: nothing to upload")
-        await self._start()
-        return await self._uploader.upload(self._link.open(), image, field=field)
-
-    async def _edit_request(
-        self,
-        prompt: str,
-        image: str | ImageSource | None,
-        image_url: str | ImageSource | None,
-        model: str | None,
-        size: str | None,
-    ) -> EditRequest:
-        """The ``EditRequest`` of ``edit``; a local image is uploaded once all else is valid."""
-        if image is not None and image_url is not None:
-            raise ValidationError("image", "give image or image_url, not both")
-        field, source = ("image", image) if image is not None else ("image_url", image_url)
-        if source is None:
-            raise ValidationError("image", "required: an http(s) URL, a file path or bytes")
-        if isinstance(source, str) and is_remote(source):
-            return EditRequest(prompt, image_url=source, model=model, size=size)
-        # The edit's own checks, before an upload is spent on a bad request (the URL
-        # is a stand-in: the real one exists only after the upload).
-        EditRequest(prompt, image_url="https://upload.invalid/", model=model, size=size)
-        url = await self._upload(source, field)
-        return EditRequest(prompt, image_url=url, model=model, size=size)
-
-
-def _check_task_id(field: str, value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError(field, f"a task id is a non-empty string, got {value!r:.80}")
-
-
-def _as_bytes(body: bytes | str | Mapping[str, Any]) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, str):
-        return body.encode()
-    return json.dumps(dict(body), separators=(",", ":")).encode()
-
-
-def _ended(task: Task) -> Followed:
-    """A finished task as a done ``Followed``: its waiters get the one outcome rule."""
-    followed = Followed(task.id, Stage.DONE)
-    followed.outcome = task
-    return followed

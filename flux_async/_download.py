@@ -1,10 +1,10 @@
 """Image downloads: stream each body to a temporary file beside its target, then rename.
 
-The aiohttp GET lives here and its exceptions stop here: callers see
-``DownloadError`` (and its ``NotAnImageError``/``ImageTooLargeError``/
-``DownloadTimeoutError``), or a ``ValidationError`` for input refused before any
-request (a target that is not images, a directory that cannot be created). What
-makes a download safe to run inside a server:
+The GET goes out, and its failures are translated, through ``_http`` (the one
+aiohttp edge); callers see ``DownloadError`` (and its ``NotAnImageError``/
+``ImageTooLargeError``/``DownloadTimeoutError``), or a ``ValidationError`` for
+input refused before any request (a target that is not images, a directory that
+cannot be created). What makes a download safe to run inside a server:
 
 * Atomic files. Bytes go to ``.flux-*.part`` in the target directory (same file
   system, so the final rename is atomic), are fsynced, then linked or renamed to
@@ -17,7 +17,8 @@ makes a download safe to run inside a server:
 * The body is capped (by ``Content-Length`` and again while streaming) and must be
   ``image/*``: a CDN's HTML error page is refused, not saved as ``.png``.
 * GETs are idempotent, so 5xx, 429 and broken connections are retried with the
-  client's backoff; a retry starts the file over.
+  client's backoff (``_retry.DOWNLOAD``, in the one attempts loop); a retry
+  starts the file over.
 * Each image has an overall deadline (``timeout``, retries included): a body
   trickling in a byte at a time never stalls the read timeout, so only a
   deadline bounds it. Past it: ``DownloadTimeoutError``, nothing kept.
@@ -30,7 +31,6 @@ No API key is sent: image URLs are fetched without the client's headers.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import re
@@ -42,9 +42,17 @@ import aiohttp
 import anyio
 import attrs
 
-from ._errors import DownloadError, ImageTooLargeError, NotAnImageError, ValidationError
+from . import _http
+from ._errors import (
+    DownloadError,
+    ImageTooLargeError,
+    NotAnImageError,
+    TransportError,
+    ValidationError,
+)
 from ._limits import Backoff
 from ._models import Image, ImageResult, check_http_url
+from ._retry import DOWNLOAD, attempts
 from ._sinks import Memory, Part, Sink
 
 __all__ = [
@@ -74,7 +82,7 @@ _RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{n}" for p in ("com", "lpt") fo
 
 @attrs.frozen
 class Fetcher:
-    """What a download needs from the client: its session, timeouts and retry policy."""
+    """What a download needs from the client: its session, ``Timeouts.download``, tries."""
 
     session: aiohttp.ClientSession
     timeout: aiohttp.ClientTimeout
@@ -88,14 +96,6 @@ class DownloadTimeoutError(DownloadError, TimeoutError):
     def __init__(self, url: str, timeout: float) -> None:
         super().__init__(f"downloading {url} timed out after {timeout:g} s", url=url)
         self.timeout = timeout
-
-
-class _Retry(Exception):
-    """An attempt failed in a way the next attempt may not (5xx, 429, reset)."""
-
-    def __init__(self, error: DownloadError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 # --- names ---------------------------------------------------------------------------
@@ -155,34 +155,24 @@ def _plan(target: DownloadTarget, prefix: str | None) -> list[tuple[str, str]]:
 
 
 async def _attempt(fetcher: Fetcher, url: str, max_bytes: int, sink: Sink) -> None:
-    try:
-        async with fetcher.session.get(url, timeout=fetcher.timeout) as response:
-            status = response.status
-            if status == 429 or status >= 500:
-                raise _Retry(DownloadError(f"{url} answered HTTP {status}", url=url,
-                                           status=status))
-            if status != 200:
-                raise DownloadError(f"{url} answered HTTP {status}", url=url, status=status)
-            content_type = response.content_type.lower()
-            if not content_type.startswith("image/"):
-                raise NotAnImageError(url, content_type, status=status)
-            length = response.content_length
-            if length is not None and length > max_bytes:
+    async with _http.request(fetcher.session, "GET", url, timeout=fetcher.timeout) as response:
+        status = response.status
+        if status != 200:
+            # 429 and 5xx may pass (``_retry.DOWNLOAD``); other statuses will not.
+            raise DownloadError(f"{url} answered HTTP {status}", url=url, status=status)
+        content_type = response.content_type.lower()
+        if not content_type.startswith("image/"):
+            raise NotAnImageError(url, content_type, status=status)
+        length = response.content_length
+        if length is not None and length > max_bytes:
+            raise ImageTooLargeError(url, max_bytes, status=status)
+        sink.start(url, content_type)
+        received = 0
+        async for chunk in _http.Chunks(response, url, CHUNK_BYTES):
+            received += len(chunk)
+            if received > max_bytes:
                 raise ImageTooLargeError(url, max_bytes, status=status)
-            sink.start(url, content_type)
-            received = 0
-            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                received += len(chunk)
-                if received > max_bytes:
-                    raise ImageTooLargeError(url, max_bytes, status=status)
-                sink.write(chunk)
-    except (aiohttp.InvalidURL, aiohttp.TooManyRedirects) as exc:
-        raise DownloadError(f"cannot fetch {url}: {type(exc).__name__}", url=url) from exc
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-        # Refused, reset, cut off, timed out: a GET is safe to send again.
-        error = DownloadError(f"fetching {url} failed: {type(exc).__name__}", url=url)
-        error.__cause__ = exc
-        raise _Retry(error) from exc
+            sink.write(chunk)
 
 
 async def _fetch(
@@ -195,15 +185,20 @@ async def _fetch(
     check_http_url("url", url)
     try:
         with anyio.move_on_after(timeout):
-            for attempt in range(1, fetcher.attempts + 1):
-                try:
-                    await _attempt(fetcher, url, max_bytes, sink)
-                    return
-                except _Retry as retry:
-                    sink.discard()
-                    if attempt >= fetcher.attempts:
-                        raise retry.error from retry.error.__cause__
-                    await anyio.sleep(fetcher.backoff.delay(attempt))
+            try:
+                async for attempt in attempts(
+                    DOWNLOAD, attempts=fetcher.attempts, backoff=fetcher.backoff
+                ):
+                    with attempt:
+                        try:
+                            await _attempt(fetcher, url, max_bytes, sink)
+                        except BaseException:
+                            sink.discard()  # a retry starts the file over
+                            raise
+                        return
+            except TransportError as exc:
+                # Callers of a download see DownloadErrors; the cause stays attached.
+                raise DownloadError(f"fetching {url} failed: {exc}", url=url) from exc
         assert timeout is not None  # only the deadline leaves the loop without an answer
         raise DownloadTimeoutError(url, timeout)
     except BaseException:

@@ -44,7 +44,7 @@ from ._tracker import Tracker
 
 log = logging.getLogger("flux_async")
 
-__all__ = ["MapEvent", "MapProgress", "Requests", "outcomes"]
+__all__ = ["MapEvent", "MapProgress", "Requests", "check_requests", "outcomes"]
 
 Requests = Iterable[ImageRequest] | AsyncIterable[ImageRequest]
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -85,6 +85,18 @@ class MapEvent:
     progress: MapProgress
     task_id: str | None = None
     outcome: Outcome | None = None
+
+
+def check_requests(requests: object, on_event: object) -> None:
+    """``map``'s arguments, checked before anything starts."""
+    if isinstance(requests, (str, bytes, GenerateRequest, EditRequest)) or not isinstance(
+        requests, (Iterable, AsyncIterable)
+    ):
+        raise ValidationError(
+            "requests", f"must be an iterable of requests, got {requests!r:.80}"
+        )
+    if on_event is not None and not callable(on_event):
+        raise ValidationError("on_event", f"must be callable, got {on_event!r:.80}")
 
 
 async def _each(requests: Requests) -> AsyncIterator[ImageRequest]:
@@ -228,6 +240,20 @@ class _Run:
         except FluxError as exc:
             self.deliver(one, None, exc)
 
+    async def _room(self) -> None:
+        """The window's permit for one more request (counted hungry while it waits)."""
+        if self._window.value:
+            await self._window.acquire()
+            return
+        tracker = self._tracker
+        tracker.hungry += 1
+        if tracker.listener is not None:
+            tracker.listener.wake()
+        try:
+            await self._window.acquire()
+        finally:
+            tracker.hungry -= 1
+
     async def run(self, requests: Requests) -> None:
         try:
             async with anyio.create_task_group() as group:
@@ -240,7 +266,7 @@ class _Run:
                         # without this check, closing the client under an endless
                         # input would never stop this loop.
                         await anyio.lowlevel.checkpoint_if_cancelled()
-                        await self._window.acquire()  # given back as the consumer takes one
+                        await self._room()  # given back as the consumer takes one
                         group.start_soon(self._one, index, request)
                         index += 1
                 except Exception as exc:  # the input raised: not wrapped in a group

@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio
 
+from . import _retry
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -41,9 +42,6 @@ from ._errors import (
     ForbiddenError,
     InsufficientBalanceError,
     NotFoundError,
-    RateLimitError,
-    ServerError,
-    TransportError,
 )
 from ._models import TaskStatus
 from ._protocol import read_task, task_id_of
@@ -187,16 +185,8 @@ class Poller:
                     group.start_soon(self._poll_one, task_id)
 
     async def _transient(self, exc: FluxError, ticket: int) -> bool:
-        """Whether a failed query is to be asked again next round (and note 429s)."""
-        if isinstance(exc, RateLimitError):
-            gate = self._queries.gate
-            pause = await gate.penalize(exc.retry_after, anyio.current_time(), ticket)
-            log.warning("task queries rate-limited (HTTP 429); pausing them %.1fs", pause)
-            return True
-        if isinstance(exc, (TransportError, ServerError)):
-            log.info("task query failed, asking again next round: %s", exc)
-            return True
-        return False
+        """Whether a failed query is to be asked again next round (a 429 pauses the gate)."""
+        return await _retry.again_next_round(_retry.QUERY, exc, self._queries.gate, ticket)
 
     def _fail_all(self, task_ids: Sequence[str], error: FluxError) -> None:
         for task_id in task_ids:

@@ -13,10 +13,9 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import anyio
-
+from . import _retry
 from ._coordination import RateGate
-from ._errors import ProtocolError, RateLimitError, ServerError, TransportError
+from ._errors import ProtocolError
 from ._limits import Backoff
 from ._models import Task
 from ._protocol import TASKS_PATH, read_batch, read_task, retrieve_batch_body, retrieve_body
@@ -50,23 +49,12 @@ class TaskQueries:
         return data
 
     async def query(self, fetch: Callable[[], Awaitable[Any]]) -> Any:
-        """A free task query, asked again with backoff on failures that may pass."""
-        for attempt in range(1, self.attempts + 1):
-            ticket = await self.gate.acquire()
-            try:
-                answer = await fetch()
-            except RateLimitError as exc:
-                await self.gate.penalize(exc.retry_after, anyio.current_time(), ticket)
-                if attempt == self.attempts:
-                    raise
-            except (TransportError, ServerError):
-                if attempt == self.attempts:
-                    raise
-                await anyio.sleep(self._backoff.delay(attempt))
-            else:
-                self.gate.succeeded()
-                return answer
-        raise AssertionError("unreachable")  # pragma: no cover
+        """A free task query, asked again with backoff on failures that may pass.
+
+        ``_retry``'s loop takes the gate's turn, pauses the gate on a 429 and logs.
+        """
+        return await _retry.call(_retry.QUERY, fetch, attempts=self.attempts,
+                                 backoff=self._backoff, gate=self.gate)
 
     async def get_task(self, task_id: str) -> Task:
         return read_task(await self.query(functools.partial(self.fetch_one, task_id)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -32,6 +33,8 @@ __all__ = [
     "ClientSettings",
     "UseClientDefault",
     "check_api_key",
+    "check_task_id",
+    "check_task_ids",
     "check_timeout",
     "resolve_timeout",
 ]
@@ -57,6 +60,21 @@ USE_CLIENT_DEFAULT: Final = UseClientDefault.DEFAULT
 
 
 # --- checks -------------------------------------------------------------------------
+
+
+def check_task_id(field: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(field, f"a task id is a non-empty string, got {value!r:.80}")
+
+
+def check_task_ids(task_ids: object, field: str = "task_ids") -> list[str]:
+    """The ids of an iterable of task ids (not a string), each checked."""
+    if isinstance(task_ids, (str, bytes)) or not isinstance(task_ids, Iterable):
+        raise ValidationError(field, f"must be an iterable of task ids, got {task_ids!r:.80}")
+    ids = list(task_ids)
+    for task_id in ids:
+        check_task_id(field, task_id)
+    return ids
 
 
 def _is_number(value: object) -> bool:

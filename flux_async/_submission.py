@@ -1,24 +1,11 @@
-"""Paid submissions, and the one rule for re-sending them: never pay twice.
+"""Paid submissions, re-sent only by the one rule: never pay twice.
 
-``/flux/images`` costs money per image. After a failed submission the only
-question is whether the service may have created a task:
-
-- it provably did not (the connection was never made, or it answered 429):
-  re-send, after the pause or backoff;
-- the service said, in its own error body, that nothing will be billed: a
-  ``504`` with code ``timeout`` (``UpstreamTimeoutError``: the upstream model
-  timed out and the task did not complete). Its billing rules charge per image
-  of a task that *succeeds*, and name upstream timeouts as not billed; so even
-  if a task record exists it cannot be charged, and a re-send cannot pay twice.
-  Re-send, like a connect error (after the backoff, within ``max_retries``);
-- nobody can tell (a reset or timeout after sending, a 5xx, a garbled answer,
-  a 504 that is a gateway's page rather than the vendor's ``timeout``): do not
-  re-send, raise ``SubmissionUncertainError``, unless the user opted in with
-  ``resend_uncertain``;
-- the service refused it (any other error): raise it, nothing to retry.
-
-``verdict`` is that table as a plain function; ``Submitter`` applies it with the
-rate limiter and the deadline.
+``/flux/images`` costs money per image. Whether a failed submission may be
+sent again is ``_retry.SUBMISSION`` (the table and its reasons, including why
+a ``504 timeout`` is re-sent and a gateway's 504 is not, are in ``_retry``);
+``verdict`` is that table as a plain function. ``Submitter`` applies it with
+the submission rate limiter and the caller's deadline, through ``_retry``'s
+one attempts loop.
 
 A paid POST on the wire is never cut by its caller's cancellation, whatever
 cancelled it (an anyio scope, ``task.cancel()``, ``asyncio.wait_for``): it runs
@@ -31,7 +18,6 @@ with it: nothing was sent then.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
@@ -43,19 +29,14 @@ from ._coordination import RateGate
 from ._done import Done
 from ._errors import (
     ClientClosedError,
-    ConnectError,
-    NetworkError,
-    ProtocolError,
     RateLimitError,
-    RequestTimeoutError,
-    ServerError,
     SubmissionUncertainError,
     TaskTimeoutError,
-    UpstreamTimeoutError,
 )
 from ._limits import Backoff, remaining
 from ._models import ImageRequest
 from ._protocol import IMAGES_PATH, Submission, read_submission, submit_body
+from ._retry import SUBMISSION, Resend, attempts
 
 __all__ = ["MAX_RATE_LIMIT_RETRIES", "Handover", "Resend", "Submitter", "verdict"]
 
@@ -95,33 +76,9 @@ class _Wire:
         self.outcome: Submission | BaseException | None = None
 
 
-class Resend(enum.Enum):
-    """What a failed submission allows."""
-
-    SAFE = "nothing was created: re-send"
-    UNCERTAIN = "a task may exist: re-send only if the user accepts paying twice"
-    NEVER = "the service refused it: raise"
-
-
-# Checked in order; the first class the error is an instance of decides.
-_TABLE: tuple[tuple[type[BaseException], Resend], ...] = (
-    (ConnectError, Resend.SAFE),
-    (RateLimitError, Resend.SAFE),
-    # Before ServerError, its base: the vendor's "not billed" outranks "a 5xx".
-    (UpstreamTimeoutError, Resend.SAFE),
-    (NetworkError, Resend.UNCERTAIN),
-    (RequestTimeoutError, Resend.UNCERTAIN),
-    (ProtocolError, Resend.UNCERTAIN),
-    (ServerError, Resend.UNCERTAIN),
-)
-
-
 def verdict(error: BaseException) -> Resend:
     """Whether a submission that failed with ``error`` may be sent again."""
-    for cls, resend in _TABLE:
-        if isinstance(error, cls):
-            return resend
-    return Resend.NEVER
+    return SUBMISSION.verdict(error)
 
 
 class Submitter:
@@ -164,8 +121,9 @@ class Submitter:
             wire.outcome = read_submission(await self._post(IMAGES_PATH, body))
             self.limiter.succeeded()
         except RateLimitError as exc:
-            pause = await self.limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
-            log.warning("submission rate-limited (HTTP 429); pausing submissions %.1fs", pause)
+            # Here, not in the caller's loop: the caller may have left, and the
+            # next submissions must pause all the same. The loop logs it.
+            await self.limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
             wire.outcome = exc
         except Exception as exc:
             wire.outcome = exc
@@ -241,33 +199,22 @@ class Submitter:
         If the caller is cancelled while a POST is out, ``handover.left`` is true
         when the cancellation propagates, and ``handover`` gets the outcome later.
         """
-        failures = rate_limited = 0
-        while True:
-            try:
-                submission = await self._once(request, callback_url, deadline, timeout, handover)
-            except Exception as exc:
-                resend = verdict(exc)
-                if resend is Resend.NEVER:
-                    raise
-                if isinstance(exc, RateLimitError):
-                    # The pause is already on the limiter, which the next try waits out.
-                    rate_limited += 1
-                    if rate_limited > MAX_RATE_LIMIT_RETRIES:
-                        raise
-                    continue
-                failures += 1
-                allowed = resend is Resend.SAFE or self.resend_uncertain
-                if failures >= self.max_retries or not allowed:
-                    if resend is Resend.SAFE:
-                        raise
-                    raise SubmissionUncertainError(
-                        f"the submission may or may not have created a task ({exc}); "
-                        "it was not re-sent, to avoid paying twice",
-                        request=request,
-                        trace_id=getattr(exc, "trace_id", None),
-                    ) from exc
-                delay = self._backoff.delay(failures)
-                log.warning("submission failed (%s); re-sending in %.1fs", exc, delay)
-                await anyio.sleep(delay)
-            else:
-                return submission
+        try:
+            async for attempt in attempts(
+                SUBMISSION, attempts=self.max_retries, backoff=self._backoff,
+                deadline=deadline, resend_uncertain=self.resend_uncertain,
+                # 429s wait on the limiter's pause, within their own budget.
+                rate_limited_attempts=MAX_RATE_LIMIT_RETRIES + 1,
+            ):
+                with attempt:
+                    return await self._once(request, callback_url, deadline, timeout, handover)
+        except Exception as exc:
+            if verdict(exc) is Resend.UNCERTAIN:
+                raise SubmissionUncertainError(
+                    f"the submission may or may not have created a task ({exc}); "
+                    "it was not re-sent, to avoid paying twice",
+                    request=request,
+                    trace_id=getattr(exc, "trace_id", None),
+                ) from exc
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

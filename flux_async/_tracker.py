@@ -53,7 +53,8 @@ import anyio
 import anyio.lowlevel
 
 from ._deadlines import Deadlines, Schedule, Watch, loop_time
-from ._errors import FluxError, TaskFailedError, TaskTimeoutError, for_task
+from ._errors import FluxError, TaskTimeoutError, for_task
+from ._followed import Followed, Stage, outcome_of, task_outcome
 from ._models import ImageRequest, ImageResult, Task, TaskStatus
 
 __all__ = [
@@ -67,20 +68,13 @@ __all__ = [
     "Watch",
     "advance",
     "outcome_of",
+    "task_outcome",
 ]
 
 log = logging.getLogger("flux_async")
 
 #: Finished tasks remembered, so ``wait()`` after ``submit()`` needs no query.
 RECENT_RESULTS = 1024
-
-
-class Stage(enum.Enum):
-    QUEUED = "waiting for a generation slot"
-    SENDING = "holding a slot; the paid submission is on its way"
-    FOLLOWED = "the service gave a task id; followed until it ends"
-    DONE = "its outcome is known"
-    DROPPED = "no longer followed, without an outcome"
 
 
 class Event(enum.Enum):
@@ -123,68 +117,6 @@ def advance(stage: Stage | None, event: Event) -> Stage:
     except KeyError:
         name = "(new)" if stage is None else stage.name
         raise TrackerError(f"{event.name} is not allowed in stage {name}") from None
-
-
-class Followed:
-    """One followed task (or a submission on its way to becoming one).
-
-    ``kept``: followed even with no watcher (``submit()``, adopted). ``request``
-    and ``nonce``: what this client submitted and the callback token's nonce
-    issued with it (None when only waited on); callbacks are checked against
-    both. ``missing``, ``not_before``, ``confirming``, ``callbacks``: the
-    poller's notes. ``outcome``: the final ``Task``, or the error that ended it.
-    """
-
-    __slots__ = (
-        "adopted",
-        "callbacks",
-        "confirming",
-        "kept",
-        "missing",
-        "nonce",
-        "not_before",
-        "outcome",
-        "request",
-        "since",
-        "slot",
-        "stage",
-        "task_id",
-        "watches",
-    )
-
-    def __init__(self, task_id: str, stage: Stage, request: ImageRequest | None = None) -> None:
-        self.task_id = task_id  # "" until the service gives one
-        self.stage = stage
-        self.request = request
-        self.nonce: str | None = None
-        self.since = 0.0  # when the id became known: the not-found grace starts here
-        self.slot = False
-        self.kept = False
-        self.adopted = False
-        self.callbacks = False
-        self.confirming = False
-        self.missing = 0
-        self.not_before = 0.0
-        self.outcome: Task | FluxError | None = None
-        self.watches: list[Watch] | None = None
-
-    def __repr__(self) -> str:
-        return f"<Followed {self.task_id or '(no id yet)'} {self.stage.name}>"
-
-
-def outcome_of(followed: Followed) -> tuple[ImageResult | None, FluxError | None]:
-    """A finished task's result, or the error its waiters get (one rule for every waiter)."""
-    outcome = followed.outcome
-    if isinstance(outcome, FluxError):
-        return None, outcome
-    assert outcome is not None
-    if outcome.result is not None:
-        return outcome.result, None
-    error = outcome.error
-    return None, TaskFailedError(
-        outcome.id, code=error.code if error else None,
-        message=error.message if error else "the task failed", trace_id=outcome.trace_id,
-    )
 
 
 class _Waiter(Watch):
@@ -231,6 +163,9 @@ class Tracker:
         self._followed: dict[str, Followed] = {}
         self.recent: OrderedDict[str, Task] = OrderedDict()
         self.counts = dict.fromkeys(Stage, 0)
+        # Parties with a request in hand waiting for room (``map`` at its window):
+        # like callers queued for a slot, a sooner notice lets them submit sooner.
+        self.hungry = 0
         self.deadlines = (Deadlines(self.expire, clock) if schedule is None
                           else Deadlines(self.expire, clock, schedule))
         self.closed = False

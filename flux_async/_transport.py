@@ -1,34 +1,25 @@
-"""The aiohttp edge: send one POST, hand back status, headers and body bytes.
+"""The API's POSTs: send one, hand back status, headers and body bytes.
 
-This is the only module that touches aiohttp's client. Its exceptions are
-translated here, once, into flux_async's transport errors, keeping the one
-distinction retries depend on: ``ConnectError`` means nothing reached the
-service (a refused connection, or a URL that could not be used at all), every
-other failure means the request may have gone out.
-
-An answer is read to its end, however many pieces it arrives in (a real link
-delivers TCP segments, not whole bodies), and never past ``MAX_ANSWER_BYTES``.
+The request goes out, and its failures are translated, through ``_http``, the
+one aiohttp edge (``ConnectError`` means nothing reached the service; every
+other transport error means the request may have gone out). An answer is read
+to its end, however many pieces it arrives in (a real link delivers TCP
+segments, not whole bodies), and never past ``MAX_ANSWER_BYTES``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import attrs
 
-from ._errors import ConnectError, NetworkError, ProtocolError, RequestTimeoutError
+from . import _http
+from ._http import MAX_ANSWER_BYTES
 
-__all__ = ["Reply", "Transport", "read_whole"]
-
-# An API answer is a few KB; a batch of 100 tasks some tens of KB. Anything far
-# larger is not the protocol and is not read into memory.
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
-_NOTHING = "nothing was sent"
+__all__ = ["MAX_ANSWER_BYTES", "Reply", "Transport"]
 
 
 @attrs.frozen
@@ -82,84 +73,8 @@ class Transport:
         headers: Mapping[str, str],
         timeout: aiohttp.ClientTimeout,
     ) -> Reply:
-        if not _is_http(url):
-            raise ConnectError(f"cannot send to {_shown(url)}: not an http(s) URL; {_NOTHING}")
-        if "@" in urlsplit(url).netloc:
-            # The key goes in the authorization header; aiohttp refuses both at once.
-            raise ConnectError(
-                f"cannot send to {_shown(url)}: a URL with user:password; {_NOTHING}"
-            )
-        try:
-            async with self._session.post(
-                url, data=data, headers=headers, timeout=timeout
-            ) as response:
-                body = await read_whole(response)
-                return Reply(response.status, response.headers, body)
-        except aiohttp.InvalidUrlRedirectClientError as exc:
-            # A redirect to a bad URL: the first request did go out.
-            raise NetworkError(f"{_shown(url)} redirected to an invalid URL") from exc
-        except aiohttp.InvalidURL as exc:
-            # Refused before connecting (aiohttp's check is stricter than ours).
-            raise ConnectError(f"cannot send to {_shown(url)}: invalid URL; {_NOTHING}") from exc
-        except aiohttp.ClientConnectorError as exc:
-            # DNS, refused, unreachable: the request never left.
-            raise ConnectError(f"cannot connect to {_shown(url)}: {exc.os_error}") from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise ConnectError(f"connecting to {_shown(url)} timed out") from exc
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-            raise RequestTimeoutError(f"no answer from {_shown(url)} in time") from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise ProtocolError(f"answer from {_shown(url)} was cut off: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            # Disconnects, resets, malformed HTTP: the request may have been received.
-            raise NetworkError(
-                f"connection to {_shown(url)} failed: {type(exc).__name__}"
-            ) from exc
-        except OSError as exc:
-            raise NetworkError(
-                f"connection to {_shown(url)} failed: {exc.strerror or exc}"
-            ) from exc
-        except ValueError as exc:
-            # aiohttp refusing to build the request (its answers' errors are
-            # ClientErrors, caught above). The text may quote the URL: not repeated.
-            raise ConnectError(
-                f"cannot send to {_shown(url)}: the request could not be built "
-                f"({type(exc).__name__}); {_NOTHING}"
-            ) from exc
-
-
-async def read_whole(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
-    """The whole body of ``response``, refused once it is known to exceed ``limit``.
-
-    ``content.read(n)`` answers what has arrived so far, which through a real link
-    is the first segment or two; this reads until the end of the body.
-    """
-    length = response.content_length
-    if length is not None and length > limit:
-        raise ProtocolError(f"answer of {length} bytes is too large", status=response.status)
-    body = bytearray()
-    async for piece in response.content.iter_any():
-        body += piece
-        if len(body) > limit:
-            raise ProtocolError(
-                f"answer is too large (over {limit} bytes)", status=response.status
-            )
-    return bytes(body)
-
-
-def _is_http(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
-
-
-def _shown(url: str) -> str:
-    """``url`` for messages: without a user or password part, query or fragment."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url.rpartition("@")[2]
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+        async with _http.request(
+            self._session, "POST", url, data=data, headers=headers, timeout=timeout
+        ) as response:
+            body = await _http.read_whole(response, url)
+            return Reply(response.status, response.headers, body)

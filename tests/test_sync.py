@@ -99,8 +99,11 @@ NOT_MIRRORED_PARAMS = {("__init__", "session"), ("__init__", "coordinator"),
 
 
 def _public_methods(cls: type) -> dict[str, Any]:
-    names = [n for n in vars(cls) if not n.startswith("_") or n in {"__init__", *RENAMED}]
-    return {n: vars(cls)[n] for n in names}
+    found: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # a base class's methods are the class's too
+        found.update((n, v) for n, v in vars(klass).items()
+                     if not n.startswith("_") or n in {"__init__", *RENAMED})
+    return found
 
 
 def test_the_blocking_client_mirrors_every_public_method() -> None:
