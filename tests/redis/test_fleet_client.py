@@ -91,6 +91,7 @@ def ids(worker: WorkerProcess, kind: str) -> list[str]:
     return [e["id"] for e in worker.of(kind)]
 
 
+@pytest.mark.slow
 def test_four_workers_keep_the_token_limits(api: Serve, spawn: Spawn) -> None:
     """4 processes x 10 jobs on one token: never more than the vendor's limits allow.
 
