@@ -26,6 +26,7 @@ from ._errors import (
     ClientClosedError,
     ConfigurationError,
     ConnectError,
+    CoordinationError,
     DownloadError,
     DownloadTimeoutError,
     FluxError,
@@ -65,6 +66,7 @@ from ._models import (
     TaskErrorInfo,
     TaskStatus,
 )
+from ._recovery import Recovered
 from ._settings import USE_CLIENT_DEFAULT, ClientSettings, UseClientDefault
 from ._upload import LocalImage
 
@@ -79,6 +81,7 @@ __all__ = [
     "ClientSettings",
     "ConfigurationError",
     "ConnectError",
+    "CoordinationError",
     "DownloadError",
     "DownloadTimeoutError",
     "EditRequest",
@@ -100,6 +103,7 @@ __all__ = [
     "Outcome",
     "ProtocolError",
     "RateLimitError",
+    "Recovered",
     "RequestTimeoutError",
     "ServerError",
     "SubmissionUncertainError",

@@ -49,16 +49,14 @@ import hmac
 import json
 import secrets
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import attrs
 
 from ._errors import ConfigurationError, ProtocolError
 from ._models import ImageRequest, Task, TaskStatus
-from ._poller import Entry, Poller
 from ._protocol import read_result_body
-from ._wire import structure_images
 
 __all__ = [
     "MAX_CALLBACK_BYTES",
@@ -66,7 +64,10 @@ __all__ = [
     "TOKEN_PARAM",
     "CallbackBook",
     "CallbackVerdict",
+    "Claim",
+    "Lookups",
     "adopt_early",
+    "body_bytes",
     "judge",
 ]
 
@@ -77,8 +78,30 @@ _MAX_TOKEN = 128
 #: Posts of distinct task ids kept per submission awaiting its answer.
 MAX_HELD = 4
 
-CallbackKind = Literal["resolved", "confirming", "held", "duplicate", "unclaimed", "rejected"]
+CallbackKind = Literal[
+    "resolved", "confirming", "held", "duplicate", "unclaimed", "routed", "rejected"
+]
 Held = Mapping[str, Task | None]
+
+
+class Claim(Protocol):
+    """What this client knows of a task it follows (``_tracker.Followed``)."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def request(self) -> ImageRequest | None: ...  # None: only waited on
+    @property
+    def nonce(self) -> str | None: ...  # the token's nonce issued with its submission
+
+
+class Lookups(Protocol):
+    """The client's followed tasks, as a judgement reads and settles them (``Tracker``)."""
+
+    def find(self, task_id: str) -> Claim | None: ...
+    def finished(self, task_id: str) -> Task | None: ...  # ended here recently
+    def confirm(self, task_id: str) -> bool: ...  # ask the service about it at once
+    def resolve(self, task: Task) -> bool: ...
 
 
 @attrs.frozen
@@ -91,8 +114,10 @@ class CallbackVerdict:
     ``held`` (came before its submission's answer; used when that comes, if it
     names the same task), ``duplicate``
     (already settled the same way), ``unclaimed`` (authentic, but this client
-    does not follow the task: 404 unless a hook takes it), ``rejected`` (4xx,
-    changed nothing). ``task`` is the posted result when it could be read.
+    does not follow the task: 404 unless a hook takes it), ``routed`` (another
+    process of a shared coordinator follows it: its status; 503 if it could not
+    be reached), ``rejected`` (4xx, changed nothing). ``task`` is the posted
+    result when it could be read.
     """
 
     status: int
@@ -165,6 +190,15 @@ class CallbackBook:
         return {} if nonce is None else self._in_flight.pop(nonce, {})
 
 
+def body_bytes(body: bytes | str | Mapping[str, Any]) -> bytes:
+    """A callback's body as the bytes a routed callback carries."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(dict(body), separators=(",", ":")).encode()
+
+
 def _reject(status: int, reason: str, task: Task | None = None) -> CallbackVerdict:
     return CallbackVerdict(status, "rejected", reason, task)
 
@@ -188,7 +222,6 @@ def _read(body: bytes | str | Mapping[str, Any]) -> Task | str:
             data = payload.get("data")
             if not isinstance(data, list) or not data:
                 return "a successful result needs a non-empty data list"
-            structure_images(data)
         elif not isinstance(payload.get("error"), Mapping):
             return "a failed result needs an error object"
         task = read_result_body(payload)
@@ -219,7 +252,7 @@ def _same(known: Task, task: Task) -> bool:
 
 
 def judge(
-    book: CallbackBook, poller: Poller, token: str | None, body: bytes | str | Mapping[str, Any]
+    book: CallbackBook, tasks: Lookups, token: str | None, body: bytes | str | Mapping[str, Any]
 ) -> CallbackVerdict:
     """Apply one posted callback; see the module docstring for the rules."""
     nonce = book.verify(token)
@@ -228,27 +261,27 @@ def judge(
     task = _read(body)
     if isinstance(task, str):
         return _reject(400, task)
-    entry = poller.find(task.id)
-    if entry is not None:
-        if entry.request is None:
+    claim = tasks.find(task.id)
+    if claim is not None:
+        if claim.request is None:
             # Followed through wait(id): no token is bound to this task here.
-            poller.confirm(task.id)
+            tasks.confirm(task.id)
             return CallbackVerdict(200, "confirming", "no token is bound to this task here; "
                                    "asking the service", task)
-        if entry.callback_nonce is None:
+        if claim.nonce is None:
             return _reject(409, "the task was not submitted with a callback URL", task)
-        if not hmac.compare_digest(entry.callback_nonce.encode(), nonce.encode()):
+        if not hmac.compare_digest(claim.nonce.encode(), nonce.encode()):
             return _reject(403, "the token was issued for another task", task)
-        conflict = _conflict(entry.request, task)
+        conflict = _conflict(claim.request, task)
         if conflict is not None:
             return _reject(409, conflict, task)
         if task.status is not TaskStatus.SUCCEEDED:
-            poller.confirm(task.id)
+            tasks.confirm(task.id)
             return CallbackVerdict(200, "confirming", "a failure is confirmed with the "
                                    "service before it fails the wait", task)
-        poller.resolve(task)
+        tasks.resolve(task)
         return CallbackVerdict(200, "resolved", "the task's wait is resolved", task)
-    known = poller.recent.get(task.id)
+    known = tasks.finished(task.id)
     if known is not None:
         if _same(known, task):
             return CallbackVerdict(200, "duplicate", "already resolved the same way", task)
@@ -258,21 +291,21 @@ def judge(
     return CallbackVerdict(404, "unclaimed", "no task of this client has that id", task)
 
 
-def adopt_early(poller: Poller, entry: Entry, early: Held) -> None:
+def adopt_early(tasks: Lookups, claim: Claim, early: Held) -> None:
     """Use the callbacks that arrived before the submission's answer, if one is for its task.
 
     Posts for other task ids change nothing. A success for this task settles it;
-    a failure, a contradiction or two disagreeing posts make the poller ask the
+    a failure, a contradiction or two disagreeing posts make the client ask the
     service about it at once.
     """
-    if entry.task_id not in early:
+    if claim.task_id not in early:
         return
-    task = early[entry.task_id]
+    task = early[claim.task_id]
     if (
         task is not None
         and task.status is TaskStatus.SUCCEEDED
-        and _conflict(entry.request, task) is None
+        and _conflict(claim.request, task) is None
     ):
-        poller.resolve(task)
+        tasks.resolve(task)
     else:
-        poller.confirm(entry.task_id)
+        tasks.confirm(claim.task_id)

@@ -8,6 +8,8 @@ translates them once, with ``raise ... from`` so the original stays on
     ├── ConfigurationError          no API key, an impossible setting (also ValueError)
     ├── ValidationError             bad input, refused before any request (also ValueError)
     ├── ClientClosedError           the client was closed
+    ├── CoordinationError           the shared limits (a coordinator) could not be
+    │                               consulted; raised before anything is paid
     ├── TransportError              no usable answer came back
     │   ├── ConnectError            never connected: nothing was sent
     │   ├── NetworkError            the connection broke after the request may have gone out
@@ -52,6 +54,7 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
+    "CoordinationError",
     "DownloadError",
     "FluxError",
     "ForbiddenError",
@@ -104,6 +107,15 @@ class ValidationError(FluxError, ValueError):
 
 class ClientClosedError(FluxError):
     """The client was used after ``aclose()`` (or after leaving ``async with``)."""
+
+
+class CoordinationError(FluxError):
+    """The shared limits could not be consulted (e.g. Redis down, slow or refusing).
+
+    Raised before anything is paid: a submission never goes out when its slot or
+    its rate turn could not be had. There is no silent fallback to per-process
+    limits, which would let a fleet breach the token's.
+    """
 
 
 class TransportError(FluxError):

@@ -1,14 +1,15 @@
 """Client-side rate limits that slow the whole client down when the service says 429.
 
-``RateLimiter`` spaces requests of one kind (submissions, task queries) at most
-``rate`` per second. It hands out start times rather than tokens (the "generic
-cell rate" scheme): each caller reserves the next free instant, so callers are
-served first come first served, in O(1), with no lock and no background task.
+``RateLimiter`` (the in-process ``RateGate`` of ``_coordination``) spaces
+requests of one kind (submissions, task queries) at most ``rate`` per second.
+It hands out start times rather than tokens (the "generic cell rate" scheme):
+each caller reserves the next free instant, so callers are served first come
+first served, in O(1), with no lock and no background task.
 
-On a 429 every caller of that kind pauses (``Retry-After`` when the service gave
-one, else exponential backoff with jitter) and the rate is halved; it then grows
-back linearly while no further 429 comes (additive increase, multiplicative
-decrease, as TCP does).
+On a 429 (``penalize``, or ``penalty`` without the await) every caller of that
+kind pauses (``Retry-After`` when the service gave one, else exponential backoff
+with jitter) and the rate is halved; it then grows back linearly while no
+further 429 comes (additive increase, multiplicative decrease, as TCP does).
 
 Times come from ``anyio.current_time()`` so the limiter follows the event loop's
 clock; ``Backoff`` is pure arithmetic, tested without a loop.
@@ -151,7 +152,11 @@ class RateLimiter:
             if epoch == self._epoch:
                 return epoch
 
-    def penalize(self, retry_after: float | None, now: float, ticket: int | None = None) -> float:
+    async def penalize(self, retry_after: float | None, now: float, ticket: int) -> float:
+        """``penalty`` as the ``RateGate`` seam asks for it (in-process: no I/O)."""
+        return self.penalty(retry_after, now, ticket)
+
+    def penalty(self, retry_after: float | None, now: float, ticket: int | None = None) -> float:
         """Record a 429: pause every caller and halve the rate. Returns the pause.
 
         ``ticket`` is what ``acquire`` returned for the refused request. When a

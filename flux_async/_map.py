@@ -7,10 +7,10 @@ to be taken by the consumer. Memory therefore stays flat whatever the input
 size, and a slow consumer slows submissions instead of piling up results.
 
 Only the submission of a request runs in a task of its own. Once the service
-has a task id, nothing waits in a coroutine: the client calls ``deliver`` when
-the task resolves (or its deadline passes), and the outcome goes straight to
-the consumer's stream. Thousands of pending tasks then cost a poller entry and a
-timer each, not a parked task with its frames and cancel scopes.
+has a task id, nothing waits in a coroutine: the request's own record is its
+``Watch`` on the tracker, told the outcome when the task resolves (or its
+deadline passes), and the outcome goes straight to the consumer's stream.
+Thousands of pending tasks then cost a tracker entry and that record each.
 
 Outcomes come in completion order, or input order with ``ordered=True`` (a
 reorder buffer then holds at most ``window`` finished outcomes).
@@ -19,8 +19,15 @@ reorder buffer then holds at most ``window`` finished outcomes).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import Literal
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+)
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -28,22 +35,19 @@ import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._errors import FluxError, TaskError, ValidationError
+from ._deadlines import Watch
+from ._errors import ClientClosedError, FluxError, TaskError, ValidationError
+from ._launch import Launcher
+from ._limits import deadline_after
 from ._models import EditRequest, GenerateRequest, ImageRequest, ImageResult, Outcome
+from ._tracker import Tracker
 
 log = logging.getLogger("flux_async")
 
-__all__ = ["Deliver", "Follow", "MapEvent", "MapProgress", "Requests", "run_map"]
+__all__ = ["MapEvent", "MapProgress", "Requests", "check_requests", "outcomes"]
 
 Requests = Iterable[ImageRequest] | AsyncIterable[ImageRequest]
-# Called exactly once per followed request, with its result or its error.
-Deliver = Callable[[ImageResult | None, FluxError | None], None]
-# Submits one request (calling its second argument with the task id once known) and
-# arranges for ``Deliver`` to be called; returns how to stop following it, or None
-# when it was delivered already. Raises FluxError if the submission fails.
-Follow = Callable[
-    [ImageRequest, Callable[[str], None], Deliver], Awaitable[Callable[[], None] | None]
-]
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 @attrs.frozen
@@ -83,6 +87,18 @@ class MapEvent:
     outcome: Outcome | None = None
 
 
+def check_requests(requests: object, on_event: object) -> None:
+    """``map``'s arguments, checked before anything starts."""
+    if isinstance(requests, (str, bytes, GenerateRequest, EditRequest)) or not isinstance(
+        requests, (Iterable, AsyncIterable)
+    ):
+        raise ValidationError(
+            "requests", f"must be an iterable of requests, got {requests!r:.80}"
+        )
+    if on_event is not None and not callable(on_event):
+        raise ValidationError("on_event", f"must be callable, got {on_event!r:.80}")
+
+
 async def _each(requests: Requests) -> AsyncIterator[ImageRequest]:
     if isinstance(requests, AsyncIterable):
         async for request in requests:
@@ -92,21 +108,44 @@ async def _each(requests: Requests) -> AsyncIterator[ImageRequest]:
             yield request
 
 
+class _Request(Watch):
+    """One request of a ``map``: its place, and its watch on the task once submitted."""
+
+    __slots__ = ("index", "request", "run", "task_id")
+
+    def __init__(self, run: _Run, index: int, request: ImageRequest,
+                 timeout: float | None) -> None:
+        super().__init__(deadline_after(timeout), timeout)
+        self.run = run
+        self.index = index
+        self.request = request
+        self.task_id: str | None = None
+
+    def notify(self, result: ImageResult | None, error: FluxError | None) -> None:
+        self.run.deliver(self, result, error)
+
+
 class _Run:
     """The state of one ``map`` call."""
 
     def __init__(
         self,
-        follow: Follow,
+        launcher: Launcher,
+        tracker: Tracker,
         send: MemoryObjectSendStream[Outcome],
         window: anyio.Semaphore,
         size: int,
         *,
+        timeout: float | None,
+        callback_url: str | None,
         ordered: bool,
         on_event: Callable[[MapEvent], None] | None,
         on_failure: Callable[[Exception], None],
     ) -> None:
-        self._follow = follow
+        self._launcher = launcher
+        self._tracker = tracker
+        self._timeout = timeout
+        self._callback_url = callback_url
         self._on_failure = on_failure
         self._send = send
         self._window = window
@@ -115,7 +154,7 @@ class _Run:
         self._next = 0  # ordered: the index the consumer gets next
         self._ready: dict[int, Outcome] = {}  # ordered: finished ahead of their turn
         self._on_event = on_event
-        self._stop: dict[int, Callable[[], None]] = {}  # followed, not yet delivered
+        self._outstanding: dict[int, _Request] = {}  # started, not yet delivered
         self._group: anyio.abc.TaskGroup | None = None
         self.failure: Exception | None = None
         self.progress = MapProgress()
@@ -132,13 +171,15 @@ class _Run:
         if self._on_event is not None:
             self._on_event(MapEvent(kind, index, request, self.progress, task_id, outcome))
 
-    def _deliver(self, index: int, request: ImageRequest, task_id: str | None,
-                 result: ImageResult | None, error: FluxError | None) -> None:
+    def deliver(self, one: _Request, result: ImageResult | None,
+                error: FluxError | None) -> None:
         """Hand one request's outcome on (runs in whichever task learnt it)."""
-        self._stop.pop(index, None)
+        index, request = one.index, one.request
+        self._outstanding.pop(index, None)
         if result is not None:
             outcome = Outcome(index, request, result=result, task_id=result.task_id)
         else:
+            task_id = one.task_id
             if isinstance(error, TaskError) and error.task_id:
                 task_id = error.task_id
             outcome = Outcome(index, request, error=error, task_id=task_id)
@@ -177,29 +218,41 @@ class _Run:
                             outcome.task_id)
 
     async def _one(self, index: int, request: ImageRequest) -> None:
-        submitted: list[str] = []
+        one = _Request(self, index, request, self._timeout)
+        self._outstanding[index] = one
 
         def on_submitted(task_id: str) -> None:
-            submitted.append(task_id)
+            one.task_id = task_id
             try:
                 self._emit("submitted", index, request, task_id, None)
             except Exception as exc:  # the user's hook: the task is followed all the same
                 self._fail(exc)
-
-        def deliver(result: ImageResult | None, error: FluxError | None) -> None:
-            self._deliver(index, request, next(iter(submitted), None), result, error)
 
         try:
             if not isinstance(request, (GenerateRequest, EditRequest)):
                 raise ValidationError(
                     "request", f"expected a GenerateRequest or EditRequest, got {request!r}"
                 )
-            stop = await self._follow(request, on_submitted, deliver)
+            await self._launcher.launch(
+                request, deadline=one.deadline, timeout=self._timeout,
+                callback_url=self._callback_url, watch=one, on_submitted=on_submitted,
+            )
         except FluxError as exc:
-            deliver(None, exc)
+            self.deliver(one, None, exc)
+
+    async def _room(self) -> None:
+        """The window's permit for one more request (counted hungry while it waits)."""
+        if self._window.value:
+            await self._window.acquire()
             return
-        if stop is not None:
-            self._stop[index] = stop
+        tracker = self._tracker
+        tracker.hungry += 1
+        if tracker.listener is not None:
+            tracker.listener.wake()
+        try:
+            await self._window.acquire()
+        finally:
+            tracker.hungry -= 1
 
     async def run(self, requests: Requests) -> None:
         try:
@@ -213,7 +266,7 @@ class _Run:
                         # without this check, closing the client under an endless
                         # input would never stop this loop.
                         await anyio.lowlevel.checkpoint_if_cancelled()
-                        await self._window.acquire()  # given back as the consumer takes one
+                        await self._room()  # given back as the consumer takes one
                         group.start_soon(self._one, index, request)
                         index += 1
                 except Exception as exc:  # the input raised: not wrapped in a group
@@ -225,30 +278,65 @@ class _Run:
             for _ in range(self._size):
                 await self._window.acquire()
         finally:
-            for stop in list(self._stop.values()):  # cancelled: stop following the rest
-                stop()
-            self._stop.clear()
+            for one in list(self._outstanding.values()):  # cancelled: stop following
+                self._tracker.unwatch(one, cancelled=True)
+            self._outstanding.clear()
             self._send.close()
 
 
-async def run_map(
-    follow: Follow,
+async def outcomes(
+    launcher: Launcher,
+    tracker: Tracker,
+    spawn: Spawn,
     requests: Requests,
-    send: MemoryObjectSendStream[Outcome],
-    window: anyio.Semaphore,
-    size: int,
     *,
+    size: int,
+    timeout: float | None,
+    callback_url: str | None,
     ordered: bool,
     on_event: Callable[[MapEvent], None] | None,
-    on_failure: Callable[[Exception], None],
-) -> None:
-    """Run every request through ``follow``, sending each ``Outcome`` to ``send``.
+) -> AsyncGenerator[Outcome, None]:
+    """Run every request, yielding each ``Outcome`` as the consumer takes it.
 
-    ``window`` (``size`` permits, the stream's buffer size) is acquired per request
-    and released by the consumer as it takes each outcome. If the input or a
-    progress hook raises, ``on_failure`` gets that exception (once, at once) and
-    the run stops.
+    At most ``size`` requests are outstanding (submitted, or finished and not
+    yet taken). If the input or a progress hook raises, that exception itself is
+    raised here once the outcomes already delivered have been yielded; if the
+    client closes under the run, ``ClientClosedError``.
     """
-    run = _Run(follow, send, window, size, ordered=ordered, on_event=on_event,
-               on_failure=on_failure)
-    await run.run(requests)
+    send, receive = anyio.create_memory_object_stream[Outcome](size)
+    # Not fast_acquire: the checkpoint in each acquire lets every submission
+    # start as it is spawned, instead of thousands queueing at the connector.
+    window = anyio.Semaphore(size)
+    failure: list[BaseException] = []
+    completed: list[bool] = []
+    finished = anyio.Event()
+    scope = anyio.CancelScope()
+    run = _Run(launcher, tracker, send, window, size, timeout=timeout,
+               callback_url=callback_url, ordered=ordered, on_event=on_event,
+               on_failure=failure.append)
+
+    async def runner() -> None:
+        with scope:
+            try:
+                await run.run(requests)
+                completed.append(True)
+            except Exception as exc:  # a bug: re-raised to the consumer
+                failure.append(exc)
+            finally:
+                send.close()
+                finished.set()
+
+    spawn(runner)
+    try:
+        async with receive:
+            async for outcome in receive:
+                window.release()  # taken: one more request may start
+                yield outcome
+    finally:
+        scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await finished.wait()
+    if failure:
+        raise failure[0]
+    if not completed and tracker.closed:
+        raise ClientClosedError("the FluxClient was closed during map")

@@ -4,7 +4,8 @@
 adapters over ``Receiver.receive``: each finds the client, the token, the declared
 length and the body's chunks in its own request type, and turns the ``Answer`` into
 its own response type. Everything a receiver decides beyond the client's own
-judgement (``FluxClient.receive_callback``) is here, once: the body cap, the
+judgement (``FluxClient.handle_callback``: this process's, then the process
+following the task when a shared coordinator routes it) is here, once: the body cap, the
 ``on_unclaimed`` hook, the counts, the logs and the JSON answer.
 """
 
@@ -97,7 +98,7 @@ class Receiver:
         if body is None:
             self.counts["rejected"] += 1
             return Answer(413, "rejected", f"the body is over {self.max_body} bytes")
-        verdict = client.receive_callback(token, body)
+        verdict = await client.handle_callback(token, body)
         if verdict.kind == "unclaimed" and self.on_unclaimed is not None:
             assert verdict.task is not None
             try:

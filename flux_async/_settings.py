@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -32,6 +33,8 @@ __all__ = [
     "ClientSettings",
     "UseClientDefault",
     "check_api_key",
+    "check_task_id",
+    "check_task_ids",
     "check_timeout",
     "resolve_timeout",
 ]
@@ -57,6 +60,21 @@ USE_CLIENT_DEFAULT: Final = UseClientDefault.DEFAULT
 
 
 # --- checks -------------------------------------------------------------------------
+
+
+def check_task_id(field: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(field, f"a task id is a non-empty string, got {value!r:.80}")
+
+
+def check_task_ids(task_ids: object, field: str = "task_ids") -> list[str]:
+    """The ids of an iterable of task ids (not a string), each checked."""
+    if isinstance(task_ids, (str, bytes)) or not isinstance(task_ids, Iterable):
+        raise ValidationError(field, f"must be an iterable of task ids, got {task_ids!r:.80}")
+    ids = list(task_ids)
+    for task_id in ids:
+        check_task_id(field, task_id)
+    return ids
 
 
 def _is_number(value: object) -> bool:
@@ -202,9 +220,48 @@ def resolve_timeout(value: float | UseClientDefault | None, default: float | Non
 class ClientSettings:
     """Every setting of a ``FluxClient``, validated; ``client.settings`` holds its own.
 
-    The meaning of each field and its default are in ``FluxClient``'s docstring.
     Building one with a value that cannot work raises ``ConfigurationError``
-    with ``field`` naming it. ``callback_secret`` stays out of ``repr``.
+    with ``field`` naming it. ``callback_secret`` stays out of ``repr``. The
+    defaults are the vendor's documented limits:
+
+    - ``max_concurrency`` (10): generations in flight at once.
+    - ``submit_rate`` (5/s) and ``query_rate`` (30/s): requests per second to
+      ``/flux/images`` and ``/flux/tasks``; ``None`` for no limit. Queries may
+      come in bursts of up to a second's worth (a poll round at once);
+      submissions in bursts of ``submit_burst`` (default 60% of a second's worth,
+      3 at 5/s), so slots that free together are refilled together. A 429 pauses
+      and slows every request of that kind, then the rate recovers.
+    - ``poll_interval`` (1 s): time between poll rounds; ``busy_poll_interval``
+      (0.2 s) only while a sooner notice buys something: a caller waits for a
+      slot and could submit at once if one freed (no slot holder is still queued
+      for its submission turn), or a deadline is near.
+    - ``batch_size`` (50): ids per ``retrieve_batch`` request, at most 50 (the
+      vendor's recommendation).
+    - ``timeout`` (600 s): default deadline of ``generate``/``edit``/``wait``;
+      ``None`` for none. ``request_timeout`` (60 s): one HTTP request.
+    - ``max_retries`` (5): attempts at a submission that provably reached nobody
+      (connect errors), and at a ``get_task`` query; ``retry_backoff`` (1 s) is
+      the first delay between them, doubling up to 16 s, with jitter. A 429 is
+      re-sent while the deadline allows (at most 30 times), after the pause the
+      service asked for (``Retry-After``) or the same backoff.
+    - ``resend_uncertain`` (False): also re-send submissions whose fate is unknown
+      (a reset or timeout after sending, a 5xx). Risk: the service may have
+      created the first task too, and charges for both.
+    - ``callback_url``: put on every submission; the poller then checks those
+      tasks only every ``callback_poll_interval`` (30 s), as a fallback for lost
+      callbacks. Mount ``flux_async.web``'s receiver at that URL: a callback then
+      resolves its wait at once. Every callback URL handed out carries a token
+      (``flux_token=``) derived from ``callback_secret`` (random per client unless
+      given; give a stable one so callbacks arriving after a restart still
+      authenticate).
+    - ``upload_url``: where ``upload()`` (and ``edit`` with a local image) POSTs
+      files; default ``{base_url}/files/upload``, which for the default base URL
+      is the vendor's documented ``https://api.acedata.cloud/files/upload``.
+    - ``not_found_grace`` (300 s): a task id the service gave (or one passed to
+      ``wait``) is not declared lost before this long after it became known,
+      since new tasks may take a while to appear on ``/flux/tasks``; meanwhile it
+      costs only its place in the batch queries. Then a 404 ends its wait with
+      ``TaskNotFoundError``.
     """
 
     base_url: str = attrs.field(

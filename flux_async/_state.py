@@ -1,6 +1,6 @@
 """Where a task stands, decided from a ``/flux/tasks`` task object.
 
-The service has no single status field (see flux-api.md): a task is running,
+The service has no single status field (see docs/protocol.md): a task is running,
 succeeded or failed depending on ``response``, ``finished_at`` and sometimes a
 ``status``/``state`` word. All of those rules live in ``RULES`` below, in the
 order they are tried; nothing else in the package decides a task's state.

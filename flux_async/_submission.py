@@ -25,15 +25,16 @@ from typing import Any
 import anyio
 import attrs
 
+from ._coordination import RateGate
+from ._done import Done
 from ._errors import (
     ClientClosedError,
     RateLimitError,
     SubmissionUncertainError,
     TaskTimeoutError,
 )
-from ._limits import Backoff, RateLimiter, remaining
+from ._limits import Backoff, remaining
 from ._models import ImageRequest
-from ._poller import Done
 from ._protocol import IMAGES_PATH, Submission, read_submission, submit_body
 from ._retry import SUBMISSION, Resend, attempts
 
@@ -86,7 +87,7 @@ class Submitter:
     def __init__(
         self,
         post: Post,
-        limiter: RateLimiter,
+        limiter: RateGate,
         backoff: Backoff,
         *,
         spawn: Spawn,
@@ -122,7 +123,7 @@ class Submitter:
         except RateLimitError as exc:
             # Here, not in the caller's loop: the caller may have left, and the
             # next submissions must pause all the same. The loop logs it.
-            self.limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
+            await self.limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
             wire.outcome = exc
         except Exception as exc:
             wire.outcome = exc

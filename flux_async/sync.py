@@ -268,6 +268,17 @@ class FluxClient:
         """See ``flux_async.FluxClient.receive_callback`` (call it from any web framework)."""
         return self._loop.call_sync(functools.partial(self._client.receive_callback, token, body))
 
+    def handle_callback(
+        self, token: str | None, body: bytes | str | Mapping[str, Any]
+    ) -> CallbackVerdict:
+        """See ``flux_async.FluxClient.handle_callback``."""
+        return self._loop.call(functools.partial(self._client.handle_callback, token, body))
+
+    def adopt(self, task_ids: Iterable[str]) -> None:
+        """See ``flux_async.FluxClient.adopt``."""
+        ids = list(task_ids)  # a user's iterable is read in the user's thread
+        self._loop.call(functools.partial(self._client.adopt, ids))
+
     def download(
         self,
         target: DownloadTarget,

@@ -278,7 +278,7 @@ async def test_a_cancel_scope_gives_the_slot_back_and_leaves_nothing() -> None:
             with anyio.move_on_after(0.3):
                 await asyncio.gather(*(client.generate(f"p{i}") for i in range(5)))
             assert client.in_flight == 0
-            assert len(client._poller) == 0
+            assert len(client._tracker) == 0
     gc.collect()
     assert asyncio.all_tasks() - before == set()
 

@@ -340,7 +340,7 @@ async def test_a_leaked_token_cannot_settle_a_task_followed_after_a_restart() ->
         async with receiving(server) as (second, receiver, _):
             assert second.callback_url is not None
             waiting = asyncio.get_running_loop().create_task(second.wait(b.id, timeout=20))
-            await eventually(lambda: second._poller.find(b.id) is not None)
+            await eventually(lambda: second._tracker.find(b.id) is not None)
             before = server.stats.requests["retrieve"]
             status, kind = await _post(_with_token(second.callback_url, leaked),
                                        _body(b.id, "B"))

@@ -23,7 +23,7 @@ def test_no_rate_means_no_wait() -> None:
 def test_a_429_pauses_everyone_and_halves_the_rate() -> None:
     limiter = RateLimiter(10.0)
     limiter.reserve(0.0)
-    assert limiter.penalize(2.0, now=0.0) == 2.0
+    assert limiter.penalty(2.0, now=0.0) == 2.0
     assert limiter.current_rate == 5.0
     assert limiter.reserve(0.5) == pytest.approx(1.5)  # waits out the pause
     assert limiter.reserve(0.5) == pytest.approx(1.7)  # then 1/5 s apart
@@ -31,7 +31,7 @@ def test_a_429_pauses_everyone_and_halves_the_rate() -> None:
 
 def test_the_rate_recovers_linearly_and_never_overshoots() -> None:
     limiter = RateLimiter(10.0)
-    limiter.penalize(0.0, now=0.0)
+    limiter.penalty(0.0, now=0.0)
     assert limiter.current_rate == 5.0
     limiter.reserve(limiter.RECOVERY_SECONDS / 4)
     assert limiter.current_rate == pytest.approx(7.5)
@@ -42,7 +42,7 @@ def test_the_rate_recovers_linearly_and_never_overshoots() -> None:
 def test_the_rate_never_falls_below_its_floor() -> None:
     limiter = RateLimiter(10.0)
     for _ in range(20):
-        limiter.penalize(0.0, now=0.0)
+        limiter.penalty(0.0, now=0.0)
     assert limiter.current_rate == pytest.approx(10.0 * RateLimiter.MIN_SHARE)
 
 
@@ -58,31 +58,31 @@ def test_backoff_is_the_vendors_1_2_4_8_16_plus_jitter() -> None:
 
 def test_without_retry_after_the_pause_is_the_backoff() -> None:
     limiter = RateLimiter(5.0, backoff=Backoff(rng=random.Random(1)))
-    first = limiter.penalize(None, now=0.0)
-    second = limiter.penalize(None, now=0.0)
+    first = limiter.penalty(None, now=0.0)
+    second = limiter.penalty(None, now=0.0)
     assert 1.0 <= first <= 1.25
     assert 2.0 <= second <= 2.5
     limiter.succeeded()
-    assert limiter.penalize(None, now=0.0) <= 1.25
+    assert limiter.penalty(None, now=0.0) <= 1.25
 
 
 def test_echoes_of_one_overload_do_not_compound() -> None:
     limiter = RateLimiter(10.0, backoff=Backoff(rng=random.Random(2)))
     ticket = 0  # five requests let through before any 429: all hold epoch 0
-    first = limiter.penalize(None, now=0.0, ticket=ticket)
+    first = limiter.penalty(None, now=0.0, ticket=ticket)
     for _ in range(4):
-        limiter.penalize(None, now=0.0, ticket=ticket)
+        limiter.penalty(None, now=0.0, ticket=ticket)
     assert limiter.current_rate == 5.0  # halved once, not five times
     assert 1.0 <= first <= 1.25
     # A fresh overload after the pause is a new strike.
-    second = limiter.penalize(None, now=5.0, ticket=1)
+    second = limiter.penalty(None, now=5.0, ticket=1)
     assert limiter.current_rate == 2.5
     assert 2.0 <= second <= 2.5
 
 
 def test_retry_after_is_capped() -> None:
     limiter = RateLimiter(1.0)
-    assert limiter.penalize(10_000.0, now=0.0) == RateLimiter.MAX_PAUSE
+    assert limiter.penalty(10_000.0, now=0.0) == RateLimiter.MAX_PAUSE
 
 
 def test_a_burst_goes_back_to_back_then_the_rate_holds() -> None:
@@ -97,7 +97,7 @@ def test_a_burst_goes_back_to_back_then_the_rate_holds() -> None:
 
 def test_no_burst_right_after_a_pause() -> None:
     limiter = RateLimiter(10.0, burst=10)
-    limiter.penalize(1.0, now=0.0)  # rate halves to 5/s
+    limiter.penalty(1.0, now=0.0)  # rate halves to 5/s
     waits = [limiter.reserve(0.0) for _ in range(3)]
     assert waits == pytest.approx([1.0, 1.2, 1.4])
 
@@ -108,7 +108,7 @@ def test_acquire_nowait_takes_only_free_turns() -> None:
     assert limiter.acquire_nowait(0.0) == 0  # the burst
     assert limiter.acquire_nowait(0.0) is None  # the next turn is 0.1 s away...
     assert limiter.reserve(0.0) == pytest.approx(0.1)  # ...and was not reserved by the refusal
-    limiter.penalize(1.0, now=0.0)
+    limiter.penalty(1.0, now=0.0)
     assert limiter.acquire_nowait(0.5) is None  # paused
     assert limiter.acquire_nowait(2.0) == 1  # a new epoch after the penalty
 

@@ -97,15 +97,15 @@ async def test_every_created_task_reaches_the_caller_whatever_cancels_it(
             created = set(server.stats.finish_times)
             untraced = created - traced - logged()
             assert not untraced, {  # where each lost id is, to say which path lost it
-                t: (t in client._poller.recent, client._poller.find(t) is not None)
+                t: (t in client._tracker.recent, client._tracker.find(t) is not None)
                 for t in untraced}
             only_logged = created - traced
             assert only_logged  # some cancellations did land while a POST was out
             # A logged id is usable: the task was followed, its result is kept.
             for task_id in sorted(only_logged)[:10]:
                 assert (await client.wait(task_id, timeout=10)).task_id == task_id
-        assert client._session is not None
-        assert client._session.closed
+        assert client._link._session is not None
+        assert client._link._session.closed
     assert 0 < len(created) <= 100
     assert server.stats.duplicate_prompts == {}
     gc.collect()

@@ -27,6 +27,8 @@ EXPECTED = {
     "ForbiddenError", "UpstreamTimeoutError",
     # settings: the validated value, and the typed "use the client's default"
     "ClientSettings", "USE_CLIENT_DEFAULT", "UseClientDefault",
+    # shared limits across processes: the coordinator's error, adopted tasks' outcomes
+    "CoordinationError", "Recovered",
 }
 
 

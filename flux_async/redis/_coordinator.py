@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .._client import API_KEY_ENV
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, CoordinationError
 from .._limits import Backoff
 from .._settings import check_api_key
 from ._bus import Subscription
@@ -41,12 +41,11 @@ from ._directory import Orphan, RedisDirectory
 from ._names import check_namespace, check_seconds, namespace_for, new_process_id
 from ._rates import Kind, RedisRateGate
 from ._scripts import RENEW
-from ._seams import CoordinationError
 from ._slots import RedisSlots
 
 if TYPE_CHECKING:
     from .._client import FluxClient
-    from ._seams import Coordinator
+    from .._coordination import Coordinator
 
 __all__ = ["Adopter", "RedisCoordinator", "namespace_for"]
 
@@ -178,11 +177,18 @@ class RedisCoordinator:
         """Connect, subscribe and start the renewal loop (once; later calls return).
 
         With a ``client``, callbacks other processes route here are judged by
-        ``client.receive_callback``. ``CoordinationError`` if Redis does not answer.
+        ``client.receive_callback``, and (unless an ``adopter`` was given) the
+        tasks of dead processes are followed by ``client.adopt``.
+        ``CoordinationError`` if Redis does not answer.
         """
         if client is not None and self._directory.judge is None:
             receive = client.receive_callback
             self._directory.judge = lambda token, body: receive(token, body).status
+        if client is not None and self.adopter is None:
+            # The dead processes' tasks are followed by this client: their outcomes
+            # go to its on_recovered hook.
+            adopt = client.adopt
+            self.adopter = lambda orphans: adopt([orphan.task_id for orphan in orphans])
         if self._running:
             return
         async with self._start_lock:

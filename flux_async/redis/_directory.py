@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
+from .._errors import CoordinationError
 from ._scripts import DIR_FOLLOW, DIR_RECOVER, DIR_RESOLVE, DIR_RESTORE
-from ._seams import CoordinationError
 
 if TYPE_CHECKING:
     from ._coordinator import RedisCoordinator

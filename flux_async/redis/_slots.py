@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from .._errors import CoordinationError
 from ._scripts import SLOT_RELEASE, SLOT_TAKE
-from ._seams import CoordinationError
 
 if TYPE_CHECKING:
     from ._coordinator import RedisCoordinator

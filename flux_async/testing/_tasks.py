@@ -19,7 +19,7 @@ from ._settings import PendingShape, ServerSettings, TokenState
 
 __all__ = ["PENDING_SHAPES", "Account", "Task", "TokenBucket"]
 
-#: Every pending shape of flux-api.md, in the order ``pending_shapes="all"`` cycles them.
+#: Every pending shape of docs/protocol.md, in the order ``pending_shapes="all"`` cycles them.
 PENDING_SHAPES: tuple[PendingShape, ...] = ("missing", "null", "empty", "no_data")
 
 

@@ -1,0 +1,62 @@
+"""Two FluxClients sharing one RedisCoordinator against one local server with a hard
+in-flight limit: the shared slots keep them under it, so the service never says 429.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from flux_async import FluxClient
+from flux_async.redis import RedisCoordinator
+from flux_async.testing import LocalFluxServer, ServerSettings
+
+pytestmark = pytest.mark.anyio
+
+CAPACITY = 3
+JOBS = 12  # per client
+
+
+async def _run_two(server: LocalFluxServer, make: object) -> None:
+    clients = [make(), make()]  # type: ignore[operator]
+    async with clients[0], clients[1], anyio.create_task_group() as group:
+        for client in clients:
+            for i in range(JOBS):
+                group.start_soon(client.generate, f"job {i}")
+
+
+async def test_two_clients_sharing_a_coordinator_stay_within_the_token_limit(
+    redis_url: str,
+) -> None:
+    settings = ServerSettings(generation_time=(0.05, 0.2), max_in_flight=CAPACITY, seed=3)
+    async with LocalFluxServer(settings) as server:
+        coordinator = RedisCoordinator.from_url(redis_url, api_key=server.token,
+                                                lease=2.0, timeout=1.0)
+
+        def make() -> FluxClient:
+            return FluxClient(server.token, base_url=server.url, max_concurrency=CAPACITY,
+                              submit_rate=None, poll_interval=0.05, busy_poll_interval=0.02,
+                              coordinator=coordinator)
+
+        await _run_two(server, make)
+        stats = server.stats
+        print(f"shared: {stats.tasks_created} tasks, peak in flight {stats.peak_in_flight}, "
+              f"429s {stats.rate_limited}")
+        assert stats.tasks_created == 2 * JOBS
+        assert stats.rate_limited == 0
+        assert stats.peak_in_flight <= CAPACITY
+        assert coordinator._closed  # the last client to close closed it
+
+
+async def test_without_the_coordinator_the_same_two_clients_overrun_the_limit() -> None:
+    # The control: each client keeps its own three slots, the token allows three.
+    settings = ServerSettings(generation_time=(0.05, 0.2), max_in_flight=CAPACITY, seed=3)
+    async with LocalFluxServer(settings) as server:
+
+        def make() -> FluxClient:
+            return FluxClient(server.token, base_url=server.url, max_concurrency=CAPACITY,
+                              submit_rate=None, poll_interval=0.05, busy_poll_interval=0.02,
+                              retry_backoff=0.05)
+
+        await _run_two(server, make)
+        assert server.stats.rate_limited > 0
