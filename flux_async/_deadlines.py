@@ -22,7 +22,7 @@ from ._errors import FluxError
 from ._models import ImageResult
 
 if TYPE_CHECKING:
-    from ._tracker import Followed
+    from ._followed import Followed
 
 __all__ = ["Deadlines", "Schedule", "Watch", "loop_time"]
 
