@@ -10,7 +10,7 @@ The work is in the parts it assembles (``_parts``):
   their deadlines, the one settle path;
 - ``_poller`` and ``_queries``: asking the service about followed tasks;
 - ``_callbacks``: what a posted callback means; ``_map``: many requests;
-- ``_lifecycle``: the client's state and its background task group; ``_link``:
+- ``_lifecycle``: the client's state and its background tasks; ``_link``:
   its session (``_http``).
 """
 

@@ -16,17 +16,22 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from ._errors import FluxError
 from ._models import ImageResult
 
 if TYPE_CHECKING:
-    from ._tracker import Followed
+    from ._followed import Followed
 
 __all__ = ["Deadlines", "Schedule", "Watch", "loop_time"]
 
-Schedule = Callable[[float, Callable[[], None]], "asyncio.TimerHandle | Any"]
+class Cancellable(Protocol):
+    def cancel(self) -> object: ...
+
+
+#: Calls ``fn`` at loop time ``when`` (``loop.call_at``); returns what cancels it.
+Schedule = Callable[[float, Callable[[], None]], Cancellable]
 # Rebuild the heap once more than this many entries, and over half of it, are dead.
 _MIN_DEAD = 64
 
@@ -77,7 +82,7 @@ class Deadlines:
         self._schedule = schedule
         self._heap: list[Watch] = []
         self._dead = 0
-        self._timer: Any = None
+        self._timer: Cancellable | None = None
         self._timer_at = 0.0
 
     def __len__(self) -> int:

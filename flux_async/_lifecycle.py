@@ -1,11 +1,13 @@
-"""A client's life: one ``ClientState``, and the task group its background work runs in.
+"""A client's life: one ``ClientState``, and the background tasks it owns.
 
-Background work (poll rounds, ``map`` runs, paid POSTs on the wire) lives in one
-anyio task group hosted by a supervisor task started on first use; stopping
-cancels the group and waits for it, so nothing outlives the client. Hosting the
-group in a task of its own (asyncio's ``create_task``: anyio has no way to start a
-task outside a group) lets a web app open the client in one task and close it in
-another, as aiohttp's ``cleanup_ctx`` may.
+Background work (poll rounds, ``map`` runs, paid POSTs on the wire) runs in
+tasks the client owns, started with asyncio's ``create_task`` and kept in a set:
+closing cancels them and waits for every one, so nothing outlives the client.
+Not an anyio task group: starting a task in one costs several times as much
+(a ``TaskHandle`` with its own cancel scope and event, per paid submission), and
+the tasks are not the caller's, so a web app may open the client in one task
+and close it in another, as aiohttp's ``cleanup_ctx`` may. The work itself uses
+anyio (cancel scopes, task groups) as everywhere else.
 
 Also here: which running clients use each coordinator, so that the last one to
 close closes it (several clients may share one).
@@ -21,7 +23,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
-import anyio.abc
 
 from ._coordination import Coordinator
 from ._errors import ClientClosedError, CoordinationError
@@ -40,21 +41,20 @@ class ClientState(enum.Enum):
 
 
 class Lifecycle:
-    """The state of one client and its background task group."""
+    """The state of one client and its background tasks."""
 
     def __init__(self) -> None:
         self.state = ClientState.NEW
         self._started: anyio.Event | None = None
-        self._stopping = anyio.Event()
-        self._group: anyio.abc.TaskGroup | None = None
-        self._supervisor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False
 
     @property
     def closed(self) -> bool:
         return self.state in (ClientState.CLOSING, ClientState.CLOSED)
 
     async def start(self, first_use: Callable[[], Awaitable[None]]) -> None:
-        """Run ``first_use`` once (callers meanwhile wait), then start the group."""
+        """Run ``first_use`` once (callers meanwhile wait); then the client runs."""
         while self.state is not ClientState.RUNNING:
             if self.closed:
                 raise ClientClosedError("this FluxClient is closed")
@@ -68,27 +68,26 @@ class Lifecycle:
                 await first_use()
             except BaseException:
                 self.state = ClientState.NEW  # e.g. CoordinationError: may be tried again
-                started.set()
                 raise
-            ready = anyio.Event()
-            self._supervisor = asyncio.get_running_loop().create_task(self._supervise(ready))
-            await ready.wait()
-            started.set()
-
-    async def _supervise(self, ready: anyio.Event) -> None:
-        async with anyio.create_task_group() as group:
-            self._group = group
-            if self.state is ClientState.STARTING:
-                self.state = ClientState.RUNNING
-            ready.set()
-            await self._stopping.wait()
-            group.cancel_scope.cancel()
-        self._group = None
+            else:
+                if self.state is ClientState.STARTING:
+                    self.state = ClientState.RUNNING
+            finally:
+                started.set()
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        if self._group is None:
+        """Run ``fn()`` in a task of the client's (until it ends or the client stops)."""
+        if self._stopped or self.state is ClientState.NEW:
             raise ClientClosedError("this FluxClient is closed")
-        self._group.start_soon(fn)
+        task = asyncio.get_running_loop().create_task(fn())
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug: nothing spawned here raises on purpose.
+            log.error("background work of the client failed", exc_info=task.exception())
 
     def begin_closing(self) -> bool:
         """Enter CLOSING; False if closing had begun already."""
@@ -98,10 +97,13 @@ class Lifecycle:
         return True
 
     async def stop(self) -> None:
-        """Cancel the background group and wait for it (call shielded)."""
-        self._stopping.set()
-        if self._supervisor is not None:
-            await self._supervisor
+        """Cancel the background tasks and wait for every one (call shielded)."""
+        self._stopped = True
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
         self.state = ClientState.CLOSED
 
 

@@ -161,13 +161,13 @@ class _Run:
 
     def _emit(self, kind: Literal["submitted", "succeeded", "failed"], index: int,
               request: ImageRequest, task_id: str | None, outcome: Outcome | None) -> None:
-        p = self.progress
+        p = self.progress  # built directly: attrs.evolve costs more, twice per request
         if kind == "submitted":
-            self.progress = attrs.evolve(p, submitted=p.submitted + 1)
+            self.progress = MapProgress(p.submitted + 1, p.succeeded, p.failed)
         elif kind == "succeeded":
-            self.progress = attrs.evolve(p, succeeded=p.succeeded + 1)
+            self.progress = MapProgress(p.submitted, p.succeeded + 1, p.failed)
         else:
-            self.progress = attrs.evolve(p, failed=p.failed + 1)
+            self.progress = MapProgress(p.submitted, p.succeeded, p.failed + 1)
         if self._on_event is not None:
             self._on_event(MapEvent(kind, index, request, self.progress, task_id, outcome))
 

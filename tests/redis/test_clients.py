@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from aiohttp import web
 
 from flux_async import FluxClient
 from flux_async.redis import RedisCoordinator
 from flux_async.testing import LocalFluxServer, ServerSettings
+from flux_async.web import CALLBACK_RECEIVER, add_callback_route
+
+from ..conftest import serve
 
 pytestmark = pytest.mark.anyio
 
 CAPACITY = 3
+SECRET = "the-fleet's-callback-secret"
 JOBS = 12  # per client
 
 
@@ -60,3 +65,31 @@ async def test_without_the_coordinator_the_same_two_clients_overrun_the_limit() 
 
         await _run_two(server, make)
         assert server.stats.rate_limited > 0
+
+
+async def test_a_callback_landing_on_another_process_is_routed_to_the_waiting_one(
+    redis_url: str,
+) -> None:
+    # Two coordinators on one Redis and one namespace: two processes of a fleet, with
+    # one callback_secret (so each recognises the fleet's tokens). A's callbacks are
+    # posted to B's receiver (the load balancer's choice); B routes them to A.
+    settings = ServerSettings(generation_time=(0.05, 0.2), seed=4)
+    async with LocalFluxServer(settings) as server:
+        coords = [RedisCoordinator.from_url(redis_url, api_key=server.token, lease=2.0,
+                                            timeout=1.0) for _ in range(2)]
+        app = web.Application()
+        add_callback_route(app, "/cb")
+        async with serve(app) as base:
+            waiting = FluxClient(server.token, base_url=server.url, submit_rate=None,
+                                 callback_url=base + "/cb", callback_poll_interval=60.0,
+                                 callback_secret=SECRET, coordinator=coords[0])
+            other = FluxClient(server.token, base_url=server.url, callback_secret=SECRET,
+                               coordinator=coords[1])
+            app[CALLBACK_RECEIVER].client = other
+            async with waiting, other:
+                with anyio.fail_after(10):
+                    results = [await waiting.generate(f"job {i}") for i in range(3)]
+            counts = app[CALLBACK_RECEIVER].counts
+        assert [r.images[0].prompt for r in results] == ["job 0", "job 1", "job 2"]
+        assert counts["routed"] == 3  # each judged by the waiting process: resolved
+        assert server.stats.requests["retrieve"] + server.stats.requests["retrieve_batch"] == 0
