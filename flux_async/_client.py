@@ -97,7 +97,8 @@ class FluxClient(FileMethods):
       one (``flux_async.redis.RedisCoordinator``) keeps them across processes;
       when it cannot be consulted, calls raise ``CoordinationError`` before
       anything is paid. It is started at first use and closed by ``aclose()``
-      of the last running client using it.
+      of the last running client using it. Give every process of a fleet the
+      same ``callback_secret``, so any of them recognises the fleet's tokens.
     - ``on_recovered``: called with a ``Recovered`` (task id, result or error)
       for each task this client adopted from elsewhere (``adopt``; a shared
       coordinator adopts the tasks of processes that died) when it ends.
