@@ -92,8 +92,12 @@ def penalize_once(url: str, retry_after: float, go: Any, results: Any) -> None:
         async with _coordinator(url) as coord:
             gate = coord.rate_gate("query", 2.0, 1, Backoff())
             await anyio.to_thread.run_sync(go.wait)
+            # Taken before the call: the pause starts at Redis's clock during it, so no
+            # earlier than this (a time taken after the round trip could be later than
+            # the pause's start by as much as a loaded machine delays the answer).
+            before = time.time()
             pause = await gate.penalize(retry_after, 0.0, 0)
-            results.put((time.time(), pause))
+            results.put((before, pause))
 
     anyio.run(main)
 
