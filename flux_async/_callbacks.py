@@ -15,7 +15,11 @@ secret:
   ``callback_secret`` still recognises its tokens, so late callbacks can reach the
   ``on_unclaimed`` hook instead of being refused.
 * The nonce names the submission before its task id exists, which is what lets a
-  callback that outruns the submission's own answer be kept for it (below).
+  callback that outruns the submission's own answer be kept for it (below). In a
+  fleet sharing a coordinator the nonce also starts with the issuing process's
+  tag (``<tag>~<random>``, covered by the MAC), so a callback that lands on
+  another process before the fleet's directory knows its task is handed to the
+  process that submitted it (``tag_of``).
 
 What ``judge`` decides, in order (the first that applies answers):
 
@@ -69,12 +73,14 @@ __all__ = [
     "adopt_early",
     "body_bytes",
     "judge",
+    "tag_of",
 ]
 
 TOKEN_PARAM = "flux_token"
 #: A callback body is a few KB; this is the default cap of a receiver.
 MAX_CALLBACK_BYTES = 256 * 1024
 _MAX_TOKEN = 128
+_TAG_END = "~"  # not in token_urlsafe's alphabet, nor in the MAC's "."
 #: Posts of distinct task ids kept per submission awaiting its answer.
 MAX_HELD = 4
 
@@ -149,9 +155,14 @@ class CallbackBook:
         digest = hmac.new(self._key, nonce.encode(), hashlib.sha256).digest()[:24]
         return base64.urlsafe_b64encode(digest)
 
-    def issue(self, url: str) -> tuple[str, str]:
-        """A new nonce and ``url`` with its token; ``settle(nonce)`` must follow."""
+    def issue(self, url: str, *, tag: str = "") -> tuple[str, str]:
+        """A new nonce and ``url`` with its token; ``settle(nonce)`` must follow.
+
+        ``tag`` (a shared coordinator's name for this process) starts the nonce.
+        """
         nonce = secrets.token_urlsafe(12)
+        if tag:
+            nonce = f"{tag}{_TAG_END}{nonce}"
         self._in_flight[nonce] = {}
         token = f"{nonce}.{self._mac(nonce).decode()}"
         parts = urlsplit(url)
@@ -249,6 +260,16 @@ def _same(known: Task, task: Task) -> bool:
         return known.result.urls == task.result.urls
     known_code = known.error.code if known.error else None
     return known_code == (task.error.code if task.error else None)
+
+
+def tag_of(token: str | None) -> str:
+    """The issuing process's tag in a callback token ('' when it names none).
+
+    Read it only from a token ``CallbackBook.verify`` accepted: the MAC covers it.
+    """
+    nonce = (token or "").partition(".")[0]
+    tag, found, _ = nonce.partition(_TAG_END)
+    return tag if found else ""
 
 
 def judge(

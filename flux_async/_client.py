@@ -334,13 +334,15 @@ class FluxClient(FileMethods):
 
         Nothing is submitted again. Each outcome goes to ``on_recovered`` (or a
         WARNING record without one); ``wait(id)`` on them works as on any task.
-        A shared coordinator calls this with the tasks of processes that died.
+        A shared coordinator calls this with the tasks of processes that died; a
+        task that was generating under a slot of the dead process keeps that slot
+        here until it ends.
         """
         ids = check_task_ids(task_ids)
         await self._start()
+        slots = self._parts.slots
         for task_id in ids:
-            followed = self._tracker.follow(task_id)
-            followed.kept = followed.adopted = True
+            followed = self._tracker.adopt(task_id, slot=slots.adopted(task_id))
             self._tracker.watch(followed, Recovering(task_id, self._on_recovered, self._life.spawn))
 
     async def get_task(self, task_id: str) -> Task:

@@ -64,6 +64,14 @@ class SlotPool(Protocol):
         """Never raises; a shared pool may release in the background."""
         ...
 
+    def adopted(self, task_id: str) -> bool:
+        """Whether a slot came with ``task_id``, adopted from a process that died.
+
+        True once: the adopted task holds that slot from now on, and gives it back
+        (``give_back``) when it ends.
+        """
+        ...
+
     @property
     def in_use(self) -> int:
         """This process's slots in use."""
@@ -101,6 +109,12 @@ class RateGate(Protocol):
 
 class TaskDirectory(Protocol):
     """Which process follows which task: for routed callbacks and crash recovery."""
+
+    @property
+    def tag(self) -> str:
+        """Names this process in callback tokens (signed with them), so a callback
+        that beats the directory's record still finds its way here; '' in-process."""
+        ...
 
     async def followed(self, task_id: str, request: Mapping[str, Any] | None) -> None:
         """This process follows ``task_id`` from now on (``request``: None if only waited on)."""
@@ -159,6 +173,9 @@ class LocalSlots:
     def give_back(self) -> None:
         self._free.release()
 
+    def adopted(self, task_id: str) -> bool:
+        return False  # nothing is adopted in-process
+
     @property
     def in_use(self) -> int:
         return self.capacity - self._free.value
@@ -170,6 +187,8 @@ class LocalSlots:
 
 class LocalDirectory:
     """One process: nothing to record, nobody else to route a callback to."""
+
+    tag = ""
 
     async def followed(self, task_id: str, request: Mapping[str, Any] | None) -> None:
         return None

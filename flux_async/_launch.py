@@ -7,17 +7,23 @@ Nothing awaits between the submission's answer and the tracker taking the task
 over, so no cancellation can come between them and lose a paid task id. A caller
 that leaves while the POST is out hands the submission over: its task is then
 adopted (followed in the background, logged) when the answer comes.
+
+With a shared coordinator, a task id reaches the caller (``submit()``'s return,
+``map``'s submitted event) only once the fleet's directory holds it: whatever the
+caller does with the id next, a crash of this process cannot orphan that task
+unrecorded. Callback tokens then name this process, so a callback that lands on
+another process before that record still finds its way here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 
 from ._callbacks import CallbackBook, adopt_early
-from ._coordination import SlotPool
+from ._coordination import SlotPool, TaskDirectory
 from ._deadlines import Watch
 from ._errors import ClientClosedError, TaskTimeoutError, for_task
 from ._limits import remaining
@@ -44,13 +50,16 @@ class Launcher:
 
     def __init__(self, tracker: Tracker, slots: SlotPool, submitter: Submitter,
                  book: CallbackBook, *, callback_poll_interval: float,
-                 waiting: Callable[[], None]) -> None:
+                 waiting: Callable[[], None], directory: TaskDirectory | None = None,
+                 recorded: Callable[[str], Awaitable[None]] | None = None) -> None:
         self._tracker = tracker
         self._slots = slots
         self._submitter = submitter
         self._book = book
         self._recheck = callback_poll_interval
         self._waiting = waiting  # a caller started waiting for a slot
+        self._directory = directory  # a shared one: tokens name this process
+        self._recorded = recorded  # waits for a task's record in the shared directory
 
     async def launch(
         self,
@@ -78,7 +87,8 @@ class Launcher:
             raise
         tracker.move(followed, Event.SLOT)
         if callback_url is not None:
-            followed.nonce, callback_url = self._book.issue(callback_url)
+            tag = "" if self._directory is None else self._directory.tag
+            followed.nonce, callback_url = self._book.issue(callback_url, tag=tag)
             followed.callbacks = True
 
         def adopt(submission: Submission) -> None:
@@ -97,10 +107,26 @@ class Launcher:
             if not handover.left:  # else the slot and the nonce went with the handover
                 drop()
             raise
-        # From here to the return nothing awaits.
+        # From the answer to the tracker nothing awaits.
         followed_now = self._answered(followed, submission, kept=kept, watch=watch)
-        if on_submitted is not None:
-            on_submitted(submission.task_id)
+        task_id = submission.task_id
+        if followed_now and self._recorded is not None and (kept or on_submitted):
+            # The task is followed already: a cancellation here loses nothing but
+            # the caller's sight of its id, so the id is handed on all the same.
+            try:
+                await self._recorded(task_id)
+            except BaseException:
+                if on_submitted is None:
+                    followed.adopted = True
+                    log.warning("the caller left before submit() returned; task %s was "
+                                "created and is followed in the background: await "
+                                "client.wait(%r)", task_id, task_id)
+                raise
+            finally:
+                if on_submitted is not None:
+                    on_submitted(task_id)
+        elif on_submitted is not None:
+            on_submitted(task_id)
         return submission, followed if followed_now else None
 
     async def _take_slot(self, deadline: float | None, timeout: float | None) -> None:

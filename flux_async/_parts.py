@@ -5,15 +5,16 @@ followed tasks; the poller asks about them through the task queries; the
 launcher takes requests from their slot to the tracker through the submitter.
 Two decisions join the parts and live here: when a sooner poll round is worth
 its query (``hurry``), and telling a shared coordinator's directory what this
-process follows.
+process follows (in the background; ``recorded`` waits for one record).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+import anyio
 
 from ._callbacks import CallbackBook
 from ._coordination import Coordinator, LocalDirectory, TaskDirectory
@@ -50,6 +51,8 @@ class Parts:
         self.directory: TaskDirectory | None = (
             None if isinstance(directory, LocalDirectory) else directory)
         self._spawn = spawn
+        # task id -> set once its record reached the shared directory
+        self._recording: dict[str, anyio.Event] = {}
         self.tracker = Tracker(
             give_back=self.slots.give_back,
             directory=None if self.directory is None else self._tell_directory,
@@ -66,7 +69,9 @@ class Parts:
                                    resend_uncertain=s.resend_uncertain)
         self.launcher = Launcher(self.tracker, self.slots, self.submitter, book,
                                  callback_poll_interval=s.callback_poll_interval,
-                                 waiting=self.poller.wake)
+                                 waiting=self.poller.wake,
+                                 directory=self.directory,
+                                 recorded=None if self.directory is None else self.recorded)
 
     def hurry(self) -> bool:
         """Whether a sooner notice of a finished task buys something now.
@@ -94,6 +99,10 @@ class Parts:
         request = None if followed is None else followed.request
         fields = None if request is None else unstructure_request(request)
 
+        done = None
+        if followed is not None:
+            done = self._recording[task_id] = anyio.Event()
+
         async def tell() -> None:
             try:
                 if followed is None:
@@ -102,6 +111,25 @@ class Parts:
                     await directory.followed(task_id, fields)
             except FluxError as exc:
                 log.warning("the coordinator could not record task %s: %s", task_id, exc)
+            finally:
+                if done is not None:
+                    done.set()
+                    if self._recording.get(task_id) is done:
+                        del self._recording[task_id]
 
-        with contextlib.suppress(ClientClosedError):
+        try:
             self._spawn(tell)
+        except ClientClosedError:  # stopping: nothing will be written, nobody must wait
+            if done is not None:
+                done.set()
+                self._recording.pop(task_id, None)
+
+    async def recorded(self, task_id: str) -> None:
+        """Wait until the shared directory holds ``task_id`` (or gave up trying).
+
+        The directory bounds each attempt by the coordinator's timeout and keeps
+        what it could not write for its next renewal, so this never waits long.
+        """
+        done = self._recording.get(task_id)
+        if done is not None:
+            await done.wait()

@@ -24,6 +24,8 @@ FOLLOWED   FAIL        DONE       an error ended it here (not found after the gr
 FOLLOWED   UNWATCH     DROPPED    its last watcher left and nobody keeps it
 =========  ==========  =========  =================================================
 
+A task adopted from a process that died (``adopt``) may bring the slot that
+process held for it: it is FOLLOWED holding a slot, like a task submitted here.
 Leaving SENDING or FOLLOWED gives the slot back (if it held one); entering
 FOLLOWED tells the coordinator's directory the task is followed here, leaving it
 that it is not. ``submit()``'s tasks, and tasks whose caller left while the POST
@@ -260,6 +262,20 @@ class Tracker:
         """The followed task of ``task_id``, followed from now on if it was not."""
         followed = self._followed.get(task_id)
         return followed if followed is not None else self.new(Event.WATCH, task_id)
+
+    def adopt(self, task_id: str, *, slot: bool) -> Followed:
+        """Follow a task adopted from elsewhere, kept until it ends.
+
+        ``slot``: it brings a generation slot (given back when it ends).
+        """
+        followed = self.follow(task_id)
+        followed.kept = followed.adopted = True
+        if slot:
+            if followed.slot:
+                self._give_back()  # it holds one here already (cannot happen): not two
+            else:
+                followed.slot = True
+        return followed
 
     def confirm(self, task_id: str) -> bool:
         """Have the service asked about a followed task at once; whether it is followed."""

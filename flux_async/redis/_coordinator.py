@@ -38,7 +38,7 @@ from .._limits import Backoff
 from .._settings import check_api_key
 from ._bus import Subscription
 from ._directory import Orphan, RedisDirectory
-from ._names import check_namespace, check_seconds, namespace_for, new_process_id
+from ._names import check_namespace, check_seconds, namespace_for, new_process_id, tag_for
 from ._rates import Kind, RedisRateGate
 from ._scripts import RENEW
 from ._slots import RedisSlots
@@ -231,7 +231,8 @@ class RedisCoordinator:
         """Stop the background work, give back this process's slots and drop its lease.
 
         Tasks this process still follows stay recorded under a lease that has lapsed:
-        the next process that recovers (or renews, with an ``adopter``) adopts them.
+        the next process that recovers (or renews, with an ``adopter``) adopts them,
+        with the slots of those it submitted (they still run at the service).
         """
         if self._closed:
             return
@@ -246,7 +247,7 @@ class RedisCoordinator:
             with anyio.CancelScope(shield=True):
                 if self._running:
                     if self._slots is not None:
-                        await self._slots.release_all()
+                        await self._slots.release_all(keep=self._directory.submitted)
                     if self._directory.following:
                         # Lapsed at once: the next renewal anywhere adopts these tasks.
                         await self.command("ZADD", self.key("procs"), 0, self.process_id)
@@ -287,6 +288,11 @@ class RedisCoordinator:
             await self._renew()
 
     @property
+    def slot_pool(self) -> RedisSlots | None:
+        """The shared slots, once a client asked for them (``slots``)."""
+        return self._slots
+
+    @property
     def bus_channel(self) -> str:
         """Every process of the namespace listens here (slots freed, 429s counted)."""
         return self.key("bus")
@@ -295,9 +301,17 @@ class RedisCoordinator:
     def own_channel(self) -> str:
         return self.channel_of(self.process_id)
 
+    @property
+    def tag(self) -> str:
+        """This process's name in callback tokens and its channel."""
+        return tag_for(self.process_id)
+
     def channel_of(self, process_id: str) -> str:
         """The channel one process listens on (callbacks routed to it, replies)."""
-        return self.key(f"to:{process_id}")
+        return self.channel_of_tag(tag_for(process_id))
+
+    def channel_of_tag(self, tag: str) -> str:
+        return self.key(f"to:{tag}")
 
     def key(self, name: str) -> str:
         return self._prefix + name

@@ -7,10 +7,12 @@ loop extends one lease per process, however many tasks it follows.
 
 Callbacks: the service POSTs a task's result to whichever process the load
 balancer picks. ``route_callback`` looks the owner up and publishes the callback on
-the owner's channel; the owner judges it with its own client and publishes the
-HTTP status back on the asker's channel. A reply that does not come within
-``route_timeout`` is a ``CoordinationError`` (the receiver answers 5xx and the
-service sends the callback again); an owner nobody listens for is ``None``.
+the owner's channel (when the directory does not know the task yet, the process
+named by the callback token's tag: the one that submitted it); the owner judges it
+with its own client and publishes the HTTP status back on the asker's channel. A
+reply that does not come within ``route_timeout`` is a ``CoordinationError`` (the
+receiver answers 5xx and the service sends the callback again); an owner nobody
+listens for is ``None``.
 
 Recovery: ``recover`` adopts, in one script, every task whose owner's lease has
 lapsed. Nothing is submitted again: the adopter follows the task ids it was given.
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
+from .._callbacks import tag_of
 from .._errors import CoordinationError
 from ._scripts import DIR_FOLLOW, DIR_RECOVER, DIR_RESOLVE, DIR_RESTORE
 
@@ -53,11 +56,13 @@ class Orphan:
     """A task adopted from a process whose lease lapsed: follow it, never re-submit it.
 
     ``request`` is the submitted request's fields, None when the dead process only
-    waited on the task.
+    waited on the task. ``slot``: the generation slot taken over with it (the task
+    still runs at the service), None when none was.
     """
 
     task_id: str
     request: Mapping[str, Any] | None
+    slot: str | None = None
 
 
 @attrs.define
@@ -93,9 +98,19 @@ class RedisDirectory:
         return f"<RedisDirectory following={len(self._records)}>"
 
     @property
+    def tag(self) -> str:
+        """This process's tag in callback tokens."""
+        return self._coord.tag
+
+    @property
     def following(self) -> frozenset[str]:
         """The task ids this process follows."""
         return frozenset(self._records)
+
+    @property
+    def submitted(self) -> int:
+        """How many of them this process submitted (each holds a slot)."""
+        return sum(1 for encoded in self._records.values() if encoded)
 
     async def followed(self, task_id: str, request: Mapping[str, Any] | None) -> None:
         """Record that this process follows ``task_id``. Never raises for Redis trouble."""
@@ -126,11 +141,12 @@ class RedisDirectory:
         encoded = self._records.get(task_id)
         keys = [coord.key("owners"), coord.key("requests")]
         if encoded is None:
-            await coord.call(DIR_RESOLVE, keys, [task_id, coord.process_id])
+            await coord.call(DIR_RESOLVE, keys, [task_id, coord.process_id, coord.key("tasks:")])
         else:
             await coord.call(
                 DIR_FOLLOW, [*keys, coord.key("procs")],
-                [task_id, coord.process_id, "1" if encoded else "0", encoded],
+                [task_id, coord.process_id, "1" if encoded else "0", encoded,
+                 coord.key("tasks:")],
             )
         self._unsynced.discard(task_id)
 
@@ -143,26 +159,38 @@ class RedisDirectory:
             pairs = [item for pair in self._records.items() for item in pair]
             restored = await coord.call(
                 DIR_RESTORE, [coord.key("owners"), coord.key("requests")],
-                [coord.process_id, *pairs],
+                [coord.process_id, coord.key("tasks:"), *pairs],
             )
             if int(restored):
                 log.warning("Redis had lost %d of this process's task records: restored",
                             int(restored))
 
     async def recover(self) -> list[Orphan]:
-        """Adopt every task whose owner's lease lapsed (each goes to one process only)."""
+        """Adopt every task whose owner's lease lapsed (each goes to one process only).
+
+        A submitted orphan comes with the slot its dead process held for it (when
+        this process keeps slots): this process renews it and gives it back when
+        the task ends (``FluxClient.adopt``).
+        """
         coord = self._coord
         await coord.start()
+        slots = coord.slot_pool
         flat = await coord.call(
             DIR_RECOVER,
-            [coord.key("owners"), coord.key("requests"), coord.key("procs")],
-            [coord.process_id],
+            [coord.key("owners"), coord.key("requests"), coord.key("procs"),
+             coord.key("slots")],
+            [coord.process_id, "" if slots is None else coord.lease_ms, coord.bus_channel,
+             coord.key("tasks:")],
         )
         orphans = []
-        for raw_id, raw_request in zip(flat[::2], flat[1::2], strict=True):
-            task_id, encoded = _text(raw_id), _text(raw_request)
+        for raw_id, raw_request, raw_slot in zip(flat[::3], flat[1::3], flat[2::3],
+                                                 strict=True):
+            task_id, encoded, slot = _text(raw_id), _text(raw_request), _text(raw_slot)
             self._records[task_id] = encoded
-            orphans.append(Orphan(task_id, json.loads(encoded) if encoded else None))
+            if slot and slots is not None:
+                slots.hold_adopted(task_id, slot)
+            orphans.append(Orphan(task_id, json.loads(encoded) if encoded else None,
+                                  slot or None))
         if orphans:
             log.warning("adopted %d task(s) of processes that stopped renewing their lease",
                         len(orphans))
@@ -179,8 +207,16 @@ class RedisDirectory:
         coord = self._coord
         await coord.start()
         owner = await coord.command("HGET", coord.key("owners"), task_id)
-        if owner is None or _text(owner) == coord.process_id:
-            return None
+        if owner is not None:
+            if _text(owner) == coord.process_id:
+                return None
+            channel = coord.channel_of(_text(owner))
+        else:
+            # Not recorded yet (a callback can beat the record): the submitter's tag.
+            tag = tag_of(token)
+            if not tag or tag == coord.tag:
+                return None
+            channel = coord.channel_of_tag(tag)
         request_id = secrets.token_hex(8)
         reply = self._replies[request_id] = _Reply()
         try:
@@ -188,7 +224,7 @@ class RedisDirectory:
                 "op": "callback", "id": request_id, "reply_to": coord.own_channel,
                 "token": token, "body": base64.b64encode(body).decode("ascii"),
             })
-            listeners = await coord.command("PUBLISH", coord.channel_of(_text(owner)), message)
+            listeners = await coord.command("PUBLISH", channel, message)
             if not int(listeners):
                 return None  # its process is gone; recovery will adopt the task
             with anyio.move_on_after(coord.route_timeout):

@@ -11,7 +11,7 @@ import socket
 
 from .._errors import ConfigurationError
 
-__all__ = ["check_namespace", "check_seconds", "namespace_for", "new_process_id"]
+__all__ = ["check_namespace", "check_seconds", "namespace_for", "new_process_id", "tag_for"]
 
 # HMAC's message: the namespace is a keyed hash of this label under the token.
 _NAMESPACE_LABEL = b"flux_async coordination namespace v1"
@@ -27,6 +27,11 @@ def new_process_id() -> str:
     """Names this process in Redis: host, pid and a random part (pids are reused)."""
     host = socket.gethostname().split(".")[0][:40]
     return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def tag_for(process_id: str) -> str:
+    """A process's short name in callback URLs and channels: it reveals no host or pid."""
+    return hashlib.sha256(process_id.encode()).hexdigest()[:12]
 
 
 def check_namespace(value: object) -> str:

@@ -15,9 +15,13 @@ one node; the scripts also read keys they are not passed, so a plain or Sentinel
 Redis is what is supported):
 
 - ``procs``     zset  process id -> its lease's expiry (ms, Redis clock)
-- ``slots``     zset  slot id ("<process>|<n>") -> that slot's lease expiry (ms)
+- ``slots``     zset  slot id ("<process>|<n>", or "<process>|<task id>" for a slot
+                      adopted with its task) -> that slot's lease expiry (ms)
 - ``owners``    hash  task id -> the process that follows it
 - ``requests``  hash  task id -> the submitted request (JSON), when known
+- ``tasks:<process>`` set  the tasks that process submitted and still follows (it
+                      holds a slot for each): what tells a dead process's slots
+                      still in use at the service from slots it held for nothing
 - ``rate:<kind>`` hash  the GCRA state of one kind of request (see RATE_ACQUIRE)
 - ``hold``      string  present (with an expiry) while the fleet re-adds what Redis lost
 """
@@ -45,13 +49,18 @@ end
 """
 
 # Take one slot if fewer than `capacity` live leases exist.
-# KEYS: slots, procs, hold.  ARGV: slot id, capacity, lease (ms), process id, hold (ms).
-# Returns {1, 0} when taken, else {0, ms until the earliest lease expires}: a waiter
-# sleeps at most that long, so a dead process's slot is noticed as soon as it lapses.
+# KEYS: slots, procs, hold.  ARGV: slot id, capacity, lease (ms), process id, hold (ms),
+# the prefix of the ``tasks:<process>`` keys.
+# Returns {1, 0} when taken, else {0, ms until a slot may free}: a waiter sleeps at
+# most that long, so a dead process's slot is noticed as soon as it lapses.
 # {-1, 0}: this process's own lease is gone, so Redis lost its data (or gave up on
 # this process): the caller renews at once (re-adding its slots) and asks again.
 # Until every process has renewed, the slots Redis lost look free: for `hold` ms
 # after a loss is first seen nobody takes one (renewals come every lease / 3).
+# A lapsed slot of a dead process that still has submitted tasks recorded (it is
+# listed in `procs` until someone recovers it) may be the slot of a task still
+# generating at the service: it keeps counting until DIR_RECOVER hands it to the
+# adopter of that task, or for one more lease (a fleet where nobody adopts).
 SLOT_TAKE = _NOW_MS + """
 local now = now_ms()
 if not redis.call('ZSCORE', KEYS[2], ARGV[4]) then
@@ -62,15 +71,31 @@ local hold = redis.call('PTTL', KEYS[3])
 if hold > 0 then
   return {0, hold}
 end
--- Leases that were not renewed belong to dead processes: their slots are free.
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local lease = tonumber(ARGV[3])
+local soonest = now + lease
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES')
+for i = 1, #lapsed, 2 do
+  local member, expiry = lapsed[i], tonumber(lapsed[i + 1])
+  local owner = string.match(member, '^(.-)|')
+  if owner and expiry + lease > now and redis.call('ZSCORE', KEYS[2], owner)
+      and redis.call('SCARD', ARGV[6] .. owner) > 0 then
+    soonest = math.min(soonest, expiry + lease)
+  else
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
   return {1, 0}
 end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, math.max(1, tonumber(first[2]) - now)}
+local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES',
+  'LIMIT', 0, 1)
+if #first > 0 then
+  soonest = math.min(soonest, tonumber(first[2]))
+end
+return {0, math.max(1, soonest - now)}
 """
+
 
 # Give slots back and wake the fleet's waiters.
 # KEYS: slots.  ARGV: bus channel, slot ids...
@@ -119,7 +144,8 @@ return {known and 1 or 0, lapsed}
 """
 
 # This process follows a task from now on.
-# KEYS: owners, requests, procs.  ARGV: task id, process id, has request (1/0), request.
+# KEYS: owners, requests, procs.  ARGV: task id, process id, has request (1/0), request,
+# the prefix of the ``tasks:<process>`` keys.
 # The submitter always becomes the owner; a process that only waits on a task takes
 # it over only when nobody live follows it. Returns 1 when this process is the owner.
 DIR_FOLLOW = _NOW_MS + """
@@ -133,14 +159,20 @@ if not take then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if owner and owner ~= ARGV[2] then
+  redis.call('SREM', ARGV[5] .. owner, ARGV[1])
+end
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  redis.call('SADD', ARGV[5] .. ARGV[2], ARGV[1])
 end
 return 1
 """
 
 # A task ended: forget it, unless another process has adopted it since.
-# KEYS: owners, requests.  ARGV: task id, process id.
+# KEYS: owners, requests.  ARGV: task id, process id, the ``tasks:`` prefix.
 DIR_RESOLVE = """
 local owner = redis.call('HGET', KEYS[1], ARGV[1])
 if owner and owner ~= ARGV[2] then
@@ -148,19 +180,22 @@ if owner and owner ~= ARGV[2] then
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SREM', ARGV[3] .. ARGV[2], ARGV[1])
 return 1
 """
 
 # Re-write this process's records after Redis lost them.
-# KEYS: owners, requests.  ARGV: process id, then pairs (task id, request or '').
+# KEYS: owners, requests.  ARGV: process id, the ``tasks:`` prefix, then pairs (task
+# id, request or '').
 # HSETNX: a task another process has adopted meanwhile stays with it.
 DIR_RESTORE = """
 local restored = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) == 1 then
     restored = restored + 1
     if ARGV[i + 1] ~= '' then
       redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+      redis.call('SADD', ARGV[2] .. ARGV[1], ARGV[i])
     end
   end
 end
@@ -168,28 +203,79 @@ return restored
 """
 
 # Adopt every task whose owner's lease has lapsed; forget the dead processes.
-# KEYS: owners, requests, procs.  ARGV: process id.
-# Returns a flat list: task id, request ('' when unknown), task id, request...
+# KEYS: owners, requests, procs, slots.  ARGV: process id, lease (ms) or '' when
+# this process keeps no slots, bus channel, the ``tasks:`` prefix.
+# Returns a flat list: task id, request ('' when unknown), slot id ('' for none)...
 # Atomic: two processes recovering at once never adopt the same task.
+# A task the dead process submitted was generating under one of its slots, and
+# still is at the service: that slot moves to the adopter under a new name, so the
+# fleet never counts the task out while it runs. The dead process's other slots
+# (a submission that never got its answer) are freed.
 DIR_RECOVER = _NOW_MS + """
 local now = now_ms()
-local adopted = {}
+local me = ARGV[1]
+local adopted, submitted, dead = {}, {}, {}
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local task, owner = entries[i], entries[i + 1]
-  if owner ~= ARGV[1] then
-    local lease = redis.call('ZSCORE', KEYS[3], owner)
-    if not lease or tonumber(lease) <= now then
-      redis.call('HSET', KEYS[1], task, ARGV[1])
-      adopted[#adopted + 1] = task
-      adopted[#adopted + 1] = redis.call('HGET', KEYS[2], task) or ''
+  if owner ~= me then
+    if dead[owner] == nil then
+      local lease = redis.call('ZSCORE', KEYS[3], owner)
+      dead[owner] = not lease or tonumber(lease) <= now
+    end
+    if dead[owner] then
+      redis.call('HSET', KEYS[1], task, me)
+      local request = redis.call('HGET', KEYS[2], task) or ''
+      adopted[#adopted + 1] = {task, request}
+      if request ~= '' then
+        submitted[owner] = submitted[owner] or {}
+        table.insert(submitted[owner], #adopted)
+        redis.call('SADD', ARGV[4] .. me, task)
+      end
     end
   end
 end
--- Their tasks are adopted and their slot leases lapse on their own.
+local slot_of = {}
+local freed = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  local owner = string.match(member, '^(.-)|')
+  if owner and owner ~= me then
+    if dead[owner] == nil then
+      local lease = redis.call('ZSCORE', KEYS[3], owner)
+      dead[owner] = lease ~= false and tonumber(lease) <= now
+    end
+    if dead[owner] then
+      redis.call('ZREM', KEYS[4], member)
+      local waiting = submitted[owner]
+      if ARGV[2] ~= '' and waiting and #waiting > 0 then
+        local index = table.remove(waiting)
+        local slot = me .. '|' .. adopted[index][1]
+        redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), slot)
+        slot_of[index] = slot
+      else
+        freed = freed + 1
+      end
+    end
+  end
+end
+if freed > 0 then
+  redis.call('PUBLISH', ARGV[3], 'freed')
+end
+for owner, gone in pairs(dead) do
+  if gone then
+    redis.call('DEL', ARGV[4] .. owner)
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-return adopted
+local flat = {}
+for index, pair in ipairs(adopted) do
+  flat[#flat + 1] = pair[1]
+  flat[#flat + 1] = pair[2]
+  flat[#flat + 1] = slot_of[index] or ''
+end
+return flat
 """
+
 
 # Reserve a start time for one request of a kind (the generic cell rate scheme, as
 # flux_async's in-process RateLimiter does it, with the state in a hash):

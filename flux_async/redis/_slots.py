@@ -4,7 +4,10 @@ A slot is a member ``"<process>|<n>"`` whose score is its lease's expiry. Taking
 one is a script that first drops lapsed leases (a dead process's slots) and then
 adds a member only while fewer than ``capacity`` are there. The owning process's
 renewal loop extends all its slots in one round trip; a process killed outright
-stops renewing, and its slots come back within one lease time.
+stops renewing, and its slots come back within one lease time, except those of its
+tasks still generating at the service: recovery moves each of those to the process
+that adopts the task (as ``"<adopter>|<task id>"``), which gives it back when the
+task ends, so a crash never lets the fleet put more than ``capacity`` in flight.
 
 Waiting: only the first of this process's waiters asks Redis (an ``anyio.Lock`` keeps
 them in line, first come first served), so a freed slot costs one round trip per
@@ -62,6 +65,8 @@ class RedisSlots:
         self._freed = anyio.Event()
         self._to_release: list[str] = []
         self._flush_queued = False
+        # task id -> the slot adopted with it, until the client claims it (``adopted``)
+        self._adopted: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return (
@@ -106,7 +111,7 @@ class RedisSlots:
                             SLOT_TAKE,
                             [coord.key("slots"), coord.key("procs"), coord.key("hold")],
                             [member, self.capacity, coord.lease_ms, coord.process_id,
-                             coord.hold_ms],
+                             coord.hold_ms, coord.key("tasks:")],
                         )
                     except BaseException:
                         # The script may have run before the answer was lost.
@@ -129,6 +134,15 @@ class RedisSlots:
             log.warning("give_back() without a slot taken: ignored")
             return
         self._release(self._held.pop())
+
+    def hold_adopted(self, task_id: str, member: str) -> None:
+        """Recovery moved ``member``, the slot of an orphan ``task_id``, to this process."""
+        self._held.add(member)
+        self._adopted[task_id] = member
+
+    def adopted(self, task_id: str) -> bool:
+        """Whether a slot came with the adopted ``task_id``; the task holds it from now on."""
+        return self._adopted.pop(task_id, None) is not None
 
     def wake(self) -> None:
         """A slot was freed somewhere: the first waiter asks Redis again."""
@@ -164,10 +178,16 @@ class RedisSlots:
                 self.wake()
                 return
 
-    async def release_all(self) -> None:
-        """Give back every slot at once (closing); the lease is the backstop."""
+    async def release_all(self, *, keep: int = 0) -> None:
+        """Give back every slot at once (closing) but ``keep``; the lease is the backstop.
+
+        The kept slots are those of tasks left running for another process to adopt:
+        they lapse unrenewed, and recovery moves them to the adopter.
+        """
         members = [*self._held, *self._to_release]
+        del members[:keep]
         self._held.clear()
+        self._adopted.clear()
         self._to_release = []
         if members:
             coord = self._coord

@@ -271,6 +271,8 @@ class LocalFluxServer:
         vendor documents no rate-limit headers).
         """
         self.stats.rate_limited += 1
+        if code == "rate_limited":
+            self.stats.over_capacity += 1
         headers = None
         if self._rng.random() < self.settings.retry_after_share:
             headers = {"Retry-After": str(max(1, math.ceil(wait)))}

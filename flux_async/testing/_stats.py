@@ -30,11 +30,16 @@ class ServerStats:
     created but whose submission answer never reached the client whole (a reset or
     truncation after creating it, or a client gone before the answer was written):
     tasks a client can only have lost unless it recovers them some other way.
+    ``rate_limited`` counts every 429; ``over_capacity`` those that refused a
+    submission because ``max_in_flight`` generations were running (code
+    ``rate_limited``): what a client's slot accounting, unlike its rate pacing over
+    a jittery network, can always avoid.
     """
 
     requests: Counter[str] = field(factory=Counter)
     statuses: Counter[int] = field(factory=Counter)
     rate_limited: int = 0
+    over_capacity: int = 0
     tasks_created: int = 0
     tasks_per_prompt: Counter[str] = field(factory=Counter)
     peak_in_flight: int = 0
@@ -91,6 +96,7 @@ class ServerStats:
         self.requests.clear()
         self.statuses.clear()
         self.rate_limited = 0
+        self.over_capacity = 0
         self.tasks_created = 0
         self.tasks_per_prompt.clear()
         self.ids_queried = 0
@@ -108,6 +114,7 @@ class ServerStats:
             "requests": dict(self.requests),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "rate_limited": self.rate_limited,
+            "over_capacity": self.over_capacity,
             "tasks_created": self.tasks_created,
             "tasks_per_prompt": dict(self.tasks_per_prompt),
             "duplicate_prompts": self.duplicate_prompts,

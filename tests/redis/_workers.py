@@ -71,14 +71,18 @@ def use_slots(url: str, capacity: int, rounds: int, hold: float, go: Any, result
     anyio.run(main)
 
 
-def hold_slots(url: str, capacity: int, count: int, ready: Any) -> None:
-    """Take ``count`` slots and hold them until killed."""
+def hold_slots(url: str, capacity: int, count: int, ready: Any,
+               submitted: tuple[str, ...] = ()) -> None:
+    """Take ``count`` slots and hold them until killed; one per ``submitted`` task id
+    is that task's (recorded as submitted here, as a client does)."""
 
     async def main() -> None:
         async with _coordinator(url) as coord:
             slots = coord.slots(capacity)
             for _ in range(count):
                 await slots.take()
+            for task_id in submitted:
+                await coord.directory.followed(task_id, {"prompt": task_id})
             ready.set()
             await anyio.sleep_forever()
 
@@ -90,7 +94,7 @@ def penalize_once(url: str, retry_after: float, go: Any, results: Any) -> None:
 
     async def main() -> None:
         async with _coordinator(url) as coord:
-            gate = coord.rate_gate("query", 2.0, 1, Backoff())
+            gate = coord.rate_gate("query", 0.5, 1, Backoff())
             await anyio.to_thread.run_sync(go.wait)
             # Taken before the call: the pause starts at Redis's clock during it, so no
             # earlier than this (a time taken after the round trip could be later than

@@ -4,6 +4,8 @@ in-flight limit: the shared slots keep them under it, so the service never says 
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 from aiohttp import web
@@ -14,6 +16,7 @@ from flux_async.testing import LocalFluxServer, ServerSettings
 from flux_async.web import CALLBACK_RECEIVER, add_callback_route
 
 from ..conftest import serve
+from .conftest import until
 
 pytestmark = pytest.mark.anyio
 
@@ -67,16 +70,13 @@ async def test_without_the_coordinator_the_same_two_clients_overrun_the_limit() 
         assert server.stats.rate_limited > 0
 
 
-async def test_a_callback_landing_on_another_process_is_routed_to_the_waiting_one(
-    redis_url: str,
-) -> None:
-    # Two coordinators on one Redis and one namespace: two processes of a fleet, with
-    # one callback_secret (so each recognises the fleet's tokens). A's callbacks are
-    # posted to B's receiver (the load balancer's choice); B routes them to A.
-    # Generations of half a second or more: the record of a task reaches Redis in the
-    # background after its submission's answer (a known gap, in README), and a callback
-    # that outruns it finds no owner to route to; this test is about routing.
-    settings = ServerSettings(generation_time=(0.5, 0.7), seed=4)
+async def _route_three(redis_url: str, settings: ServerSettings) -> tuple[list[str], Any, Any]:
+    """Three jobs of process A whose callbacks land on process B (the load balancer's choice).
+
+    Two coordinators on one Redis and one namespace: two processes of a fleet, with
+    one callback_secret (so each recognises the fleet's tokens). Returns the prompts
+    of A's results, B's receiver counts and the server's stats.
+    """
     async with LocalFluxServer(settings) as server:
         coords = [RedisCoordinator.from_url(redis_url, api_key=server.token, lease=2.0,
                                             timeout=1.0) for _ in range(2)]
@@ -92,7 +92,36 @@ async def test_a_callback_landing_on_another_process_is_routed_to_the_waiting_on
             async with waiting, other:
                 with anyio.fail_after(10):
                     results = [await waiting.generate(f"job {i}") for i in range(3)]
+
+                    async def answered() -> bool:  # A resolves before B answers the post
+                        return server.stats.callbacks_sent + server.stats.callbacks_failed == 3
+
+                    await until(answered)
             counts = app[CALLBACK_RECEIVER].counts
-        assert [r.images[0].prompt for r in results] == ["job 0", "job 1", "job 2"]
-        assert counts["routed"] == 3  # each judged by the waiting process: resolved
-        assert server.stats.requests["retrieve"] + server.stats.requests["retrieve_batch"] == 0
+        return [r.images[0].prompt for r in results], counts, server.stats
+
+
+async def test_a_callback_landing_on_another_process_is_routed_to_the_waiting_one(
+    redis_url: str,
+) -> None:
+    # Generations of 10-50 ms: a callback may come before or after the record of its
+    # task reaches Redis, and is routed either way.
+    prompts, counts, stats = await _route_three(
+        redis_url, ServerSettings(generation_time=(0.01, 0.05), seed=4))
+    assert prompts == ["job 0", "job 1", "job 2"]
+    assert counts["routed"] == 3  # each judged by the waiting process: resolved
+    assert stats.requests["retrieve"] + stats.requests["retrieve_batch"] == 0
+
+
+async def test_a_callback_that_beats_the_submissions_answer_is_routed_by_its_token(
+    redis_url: str,
+) -> None:
+    # The service answers each submission 0.3 s after creating its task, which ends in
+    # 10 ms: every callback lands on B while nobody, not even Redis, knows the task.
+    # B routes it by the tag its (authentic) token carries; A holds it until the
+    # answer comes, and the wait resolves with no task query.
+    prompts, counts, stats = await _route_three(
+        redis_url, ServerSettings(generation_time=0.01, submit_answer_delay=0.3, seed=5))
+    assert prompts == ["job 0", "job 1", "job 2"]
+    assert counts["routed"] == 3
+    assert stats.requests["retrieve"] + stats.requests["retrieve_batch"] == 0
