@@ -19,7 +19,8 @@ client gets a ``RedisCoordinator``; null: an independent client), ``lease``,
 and writes what happens to stdout, one JSON object a line, with the wall-clock time
 ``t``: ``ready`` (its receiver's URL), ``submitted`` (task id), ``result``,
 ``recovered`` (a dead worker's task, handed to this one's ``on_recovered`` hook),
-``error`` (the exception's type and the task id it names, if any), ``closed``.
+``error`` (the exception's type and the task id it names, if any), ``closed`` (its
+receiver's counts and ``rounds``: how many poll rounds its client ran).
 End of stdin closes the client and exits. The parent's side is ``WorkerProcess``.
 """
 
@@ -123,7 +124,14 @@ async def _child(spec: Mapping[str, Any]) -> None:
             await runner.cleanup()
         if coordinator is not None:
             await coordinator.close()
-    _emit("closed", counts=dict(counts))
+    _emit("closed", counts=dict(counts), rounds=_poll_rounds(client))
+
+
+def _poll_rounds(client: Any) -> int | None:
+    """How many poll rounds the client ran: the poller's own counter (private, so
+    read defensively: ``None`` if a later version moves it)."""
+    rounds = getattr(getattr(client, "_poller", None), "rounds", None)
+    return rounds if isinstance(rounds, int) else None
 
 
 def _coordination(coordinator: Any) -> dict[str, Any]:
