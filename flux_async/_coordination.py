@@ -22,7 +22,7 @@ rate gate) and ``LocalDirectory`` (nothing to record, nobody to route to).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
@@ -39,6 +39,7 @@ __all__ = [
     "LocalDirectory",
     "LocalSlots",
     "RateGate",
+    "SharedRounds",
     "SlotPool",
     "TaskDirectory",
 ]
@@ -107,8 +108,34 @@ class RateGate(Protocol):
         ...
 
 
+class SharedRounds(Protocol):
+    """Poll rounds a fleet shares, so its task queries cost what one poller's would.
+
+    A round claims the fleet's tasks nobody asked about for ``min_age`` seconds,
+    asks about them all, and hands each finished task's answer to its owner.
+    """
+
+    async def claim(self, min_age: float, limit: int) -> Sequence[tuple[str, str]]:
+        """The (task id, owning process) pairs to ask about now; may raise
+        ``CoordinationError`` (the round then asks about this process's own tasks)."""
+        ...
+
+    def hand_over(self, owner: str, task_id: str, item: Mapping[str, Any]) -> None:
+        """Give the process ``owner`` the answer about its task; never raises."""
+        ...
+
+    def deliver_to(self, receive: Callable[[str, Mapping[str, Any]], None]) -> None:
+        """Where answers other processes got about this process's tasks go."""
+        ...
+
+
 class TaskDirectory(Protocol):
     """Which process follows which task: for routed callbacks and crash recovery."""
+
+    @property
+    def rounds(self) -> SharedRounds | None:
+        """The fleet's shared poll rounds; None in-process (nothing to share)."""
+        ...
 
     @property
     def tag(self) -> str:
@@ -116,8 +143,13 @@ class TaskDirectory(Protocol):
         that beats the directory's record still finds its way here; '' in-process."""
         ...
 
-    async def followed(self, task_id: str, request: Mapping[str, Any] | None) -> None:
-        """This process follows ``task_id`` from now on (``request``: None if only waited on)."""
+    async def followed(self, task_id: str, request: Mapping[str, Any] | None, *,
+                       poll: bool = True) -> bool:
+        """This process follows ``task_id`` from now on (``request``: None if only waited on).
+
+        ``poll``: to be asked about in shared rounds (False: a callback will tell).
+        Returns whether the shared rounds now ask about it.
+        """
         ...
 
     async def resolved(self, task_id: str) -> None:
@@ -189,9 +221,11 @@ class LocalDirectory:
     """One process: nothing to record, nobody else to route a callback to."""
 
     tag = ""
+    rounds = None
 
-    async def followed(self, task_id: str, request: Mapping[str, Any] | None) -> None:
-        return None
+    async def followed(self, task_id: str, request: Mapping[str, Any] | None, *,
+                       poll: bool = True) -> bool:
+        return False
 
     async def resolved(self, task_id: str) -> None:
         return None

@@ -43,6 +43,7 @@ class Followed:
         "not_before",
         "outcome",
         "request",
+        "shared",
         "since",
         "slot",
         "stage",
@@ -60,6 +61,7 @@ class Followed:
         self.kept = False
         self.adopted = False
         self.callbacks = False
+        self.shared = False  # asked about in a fleet's shared rounds
         self.confirming = False
         self.missing = 0
         self.not_before = 0.0

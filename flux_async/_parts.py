@@ -63,6 +63,7 @@ class Parts:
             self.tracker, self.queries, spawn=spawn, interval=s.poll_interval,
             busy_interval=s.busy_poll_interval, callback_interval=s.callback_poll_interval,
             hurry=self.hurry, not_found_grace=s.not_found_grace,
+            shared=None if self.directory is None else self.directory.rounds,
         )
         self.submitter = Submitter(post, submit_gate, backoff, spawn=spawn,
                                    max_retries=s.max_retries,
@@ -98,6 +99,7 @@ class Parts:
             return  # still running: left recorded under this process's lease, for adoption
         request = None if followed is None else followed.request
         fields = None if request is None else unstructure_request(request)
+        poll = followed is not None and not followed.callbacks
 
         done = None
         if followed is not None:
@@ -108,7 +110,8 @@ class Parts:
                 if followed is None:
                     await directory.resolved(task_id)
                 else:
-                    await directory.followed(task_id, fields)
+                    if await directory.followed(task_id, fields, poll=poll):
+                        self.poller.covered(followed)
             except FluxError as exc:
                 log.warning("the coordinator could not record task %s: %s", task_id, exc)
             finally:

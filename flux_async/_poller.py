@@ -21,6 +21,14 @@ sooner notice buys something (``hurry()``: see ``_cadence``). Tasks submitted
 with a callback URL are asked about only every ``callback_interval``, as a
 fallback for lost callbacks.
 
+Shared rounds (a fleet's coordinator): a round first claims the fleet's tasks
+that no process asked about for this poller's interval, its own among them,
+asks about them with its own, and hands each finished task of another process
+to that process (``SharedRounds``); answers handed here go through ``pushed``.
+Its own tasks that the shared rounds cover (``Followed.shared``) are then asked
+about by this process itself only every ``callback_interval``, like tasks with
+callbacks: as a fallback.
+
 The poller runs only while something is followed, and stops with the client.
 What an answer *means* is decided in ``_protocol``/``_state``; who waits for a
 task and how it settles, in ``_tracker``; this module only schedules and routes.
@@ -35,6 +43,7 @@ from typing import Any
 import anyio
 
 from . import _retry
+from ._coordination import SharedRounds
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -49,7 +58,7 @@ from ._queries import TaskQueries
 from ._state import classify
 from ._tracker import Followed, Tracker
 
-__all__ = ["DEFAULT_NOT_FOUND_GRACE", "MISSING_ROUNDS", "Poller"]
+__all__ = ["CLAIM_LIMIT", "DEFAULT_NOT_FOUND_GRACE", "MISSING_ROUNDS", "Poller"]
 
 log = logging.getLogger("flux_async")
 
@@ -63,6 +72,8 @@ MISSING_ROUNDS = 3
 # Generous: the cost of waiting is a few free batch slots; the cost of giving up
 # is a paid task nobody collects (and often a second one paid to replace it).
 DEFAULT_NOT_FOUND_GRACE = 300.0
+# Most tasks a shared round claims (the rest are due next round): 40 batch queries.
+CLAIM_LIMIT = 2000
 
 
 class Poller:
@@ -80,6 +91,7 @@ class Poller:
         hurry: Callable[[], bool],
         not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
         clock: Callable[[], float] = anyio.current_time,
+        shared: SharedRounds | None = None,
     ) -> None:
         self._tracker = tracker
         self._queries = queries
@@ -94,6 +106,11 @@ class Poller:
         self._wakeup = anyio.Event()
         self.rounds = 0
         tracker.listener = self
+        self._shared = shared
+        # this round's claimed tasks that other processes follow: id -> owner
+        self._foreign: dict[str, str] = {}
+        if shared is not None:
+            shared.deliver_to(self.pushed)
 
     @property
     def closed(self) -> bool:
@@ -127,6 +144,15 @@ class Poller:
         finally:
             followed.confirming = False
 
+    def covered(self, followed: Followed) -> None:
+        """The fleet's shared rounds ask about ``followed`` now: here, a fallback only."""
+        followed.shared = True
+        followed.not_before = max(followed.not_before, self._clock() + self.callback_interval)
+
+    def pushed(self, task_id: str, item: Mapping[str, Any]) -> None:
+        """Another process's round got this answer about a task followed here."""
+        self._read(task_id, item)
+
     def lost(self, followed: Followed, now: float) -> bool:
         """Whether a followed id that the service does not know may be declared lost."""
         return now - followed.since >= self.not_found_grace
@@ -151,10 +177,24 @@ class Poller:
                     continue
                 last_round = now = anyio.current_time()
                 due = [f.task_id for f in tracker.values() if f.not_before <= now]
+                if self._shared is not None:
+                    due = await self._claim(due)
                 if due:
                     await self.round(due, now)
         finally:
             self._running = False
+
+    async def _claim(self, due: list[str]) -> list[str]:
+        """``due`` and the fleet's tasks this round claims (see the module docstring)."""
+        assert self._shared is not None
+        try:
+            claimed = await self._shared.claim(self.next_interval() * 0.9, CLAIM_LIMIT)
+        except FluxError as exc:
+            log.debug("no shared round (%s): asking about this process's tasks only", exc)
+            return due
+        find = self._tracker.find
+        self._foreign = {task_id: owner for task_id, owner in claimed if find(task_id) is None}
+        return list(dict.fromkeys([*due, *(task_id for task_id, _ in claimed)]))
 
     async def round(self, due: list[str], now: float) -> None:
         """Ask about every id of ``due`` (batches, or one by one after a refusal)."""
@@ -162,7 +202,8 @@ class Poller:
         tracker = self._tracker
         for task_id in due:
             followed = tracker.find(task_id)
-            if followed is not None and followed.callbacks:
+            # A callback, or the fleet's shared rounds, will tell: asked here as a fallback.
+            if followed is not None and (followed.callbacks or followed.shared):
                 followed.not_before = now + self.callback_interval
         if self._queries.batch_supported:
             size = self._queries.chunk_size
@@ -248,7 +289,13 @@ class Poller:
 
     def _read(self, task_id: str, item: Mapping[str, Any]) -> None:
         followed = self._tracker.find(task_id)
-        if followed is None or classify(item) is TaskStatus.PENDING:
+        if followed is None:
+            owner = self._foreign.get(task_id)
+            if owner is not None and classify(item) is not TaskStatus.PENDING:
+                assert self._shared is not None
+                self._shared.hand_over(owner, task_id, item)
+            return
+        if classify(item) is TaskStatus.PENDING:
             # Most answers in a round: decided without building any model.
             return
         try:

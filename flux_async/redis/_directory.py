@@ -38,6 +38,7 @@ import attrs
 
 from .._callbacks import tag_of
 from .._errors import CoordinationError
+from ._rounds import RedisRounds
 from ._scripts import DIR_FOLLOW, DIR_RECOVER, DIR_RESOLVE, DIR_RESTORE
 
 if TYPE_CHECKING:
@@ -86,11 +87,14 @@ class RedisDirectory:
 
     def __init__(self, coordinator: RedisCoordinator) -> None:
         self._coord = coordinator
+        #: The fleet's shared poll rounds (the tasks recorded with ``poll=True``).
+        self.rounds = RedisRounds(coordinator)
         #: Judges callbacks other processes route here; ``start(client)`` sets it.
         self.judge: CallbackJudge | None = None
         # task id -> its request as JSON ('' when only waited on): what this process
         # follows, the truth the renewal loop writes back after a Redis data loss.
         self._records: dict[str, str] = {}
+        self._polled: set[str] = set()  # those asked about in the fleet's shared rounds
         self._unsynced: set[str] = set()
         self._replies: dict[str, _Reply] = {}
 
@@ -112,43 +116,60 @@ class RedisDirectory:
         """How many of them this process submitted (each holds a slot)."""
         return sum(1 for encoded in self._records.values() if encoded)
 
-    async def followed(self, task_id: str, request: Mapping[str, Any] | None) -> None:
-        """Record that this process follows ``task_id``. Never raises for Redis trouble."""
+    async def followed(self, task_id: str, request: Mapping[str, Any] | None, *,
+                       poll: bool = True) -> bool:
+        """Record that this process follows ``task_id``. Never raises for Redis trouble.
+
+        ``poll``: asked about in the fleet's shared rounds (False: a callback tells).
+        Returns whether the shared rounds ask about it now (False also when Redis
+        could not be told, or another live process follows the task).
+        """
         if not isinstance(task_id, str) or not task_id:
             raise ValueError("task_id must be a non-empty string")
-        encoded = "" if request is None else json.dumps(dict(request), separators=(",", ":"))
+        if request is not None:
+            encoded = json.dumps(dict(request), separators=(",", ":"))
+        else:  # an adopted task keeps the request recovery gave it
+            encoded = self._records.get(task_id, "")
         self._records[task_id] = encoded
+        if poll:
+            self._polled.add(task_id)
         try:
             await self._coord.start()
-            await self._write(task_id)
+            owner = await self._write(task_id)
         except CoordinationError as exc:
             self._unsynced.add(task_id)
             log.warning("task %s is not recorded in Redis yet (%s): retried", task_id, exc)
+            return False
+        return poll and owner
 
     async def resolved(self, task_id: str) -> None:
         """``task_id`` ended here: forget it. Never raises for Redis trouble."""
         if self._records.pop(task_id, None) is None:
             return
+        self._polled.discard(task_id)
         try:
             await self._coord.start()
             await self._write(task_id)
         except CoordinationError:
             self._unsynced.add(task_id)
 
-    async def _write(self, task_id: str) -> None:
-        """Make Redis agree with this process about ``task_id``."""
+    async def _write(self, task_id: str) -> bool:
+        """Make Redis agree with this process about ``task_id``; whether it owns it."""
         coord = self._coord
         encoded = self._records.get(task_id)
         keys = [coord.key("owners"), coord.key("requests")]
         if encoded is None:
-            await coord.call(DIR_RESOLVE, keys, [task_id, coord.process_id, coord.key("tasks:")])
+            await coord.call(DIR_RESOLVE, [*keys, coord.key("polled")],
+                             [task_id, coord.process_id, coord.key("tasks:")])
+            owner = False
         else:
-            await coord.call(
-                DIR_FOLLOW, [*keys, coord.key("procs")],
+            owner = await coord.call(
+                DIR_FOLLOW, [*keys, coord.key("procs"), coord.key("polled")],
                 [task_id, coord.process_id, "1" if encoded else "0", encoded,
-                 coord.key("tasks:")],
-            )
+                 coord.key("tasks:"), "1" if task_id in self._polled else "0"],
+            ) == 1
         self._unsynced.discard(task_id)
+        return owner
 
     async def sync(self, *, lost: bool) -> None:
         """Write what could not be written; everything again when Redis ``lost`` it."""
@@ -156,10 +177,11 @@ class RedisDirectory:
             await self._write(task_id)
         if lost and self._records:
             coord = self._coord
-            pairs = [item for pair in self._records.items() for item in pair]
+            triples = [item for task_id, encoded in self._records.items()
+                       for item in (task_id, encoded, "1" if task_id in self._polled else "0")]
             restored = await coord.call(
-                DIR_RESTORE, [coord.key("owners"), coord.key("requests")],
-                [coord.process_id, coord.key("tasks:"), *pairs],
+                DIR_RESTORE, [coord.key("owners"), coord.key("requests"), coord.key("polled")],
+                [coord.process_id, coord.key("tasks:"), *triples],
             )
             if int(restored):
                 log.warning("Redis had lost %d of this process's task records: restored",
@@ -241,6 +263,9 @@ class RedisDirectory:
     def on_message(self, message: Mapping[str, Any]) -> Callable[[], Awaitable[None]] | None:
         """A message on this process's channel; the work it asks for, if any."""
         op = message.get("op")
+        if op == "polled":
+            self.rounds.on_message(message)
+            return None
         if op == "reply":
             reply = self._replies.get(str(message.get("id")))
             status = message.get("status")

@@ -19,6 +19,8 @@ Redis is what is supported):
                       adopted with its task) -> that slot's lease expiry (ms)
 - ``owners``    hash  task id -> the process that follows it
 - ``requests``  hash  task id -> the submitted request (JSON), when known
+- ``polled``    zset  task id -> when a shared poll round last claimed it (ms): the
+                      tasks without a callback URL, asked about in shared rounds
 - ``tasks:<process>`` set  the tasks that process submitted and still follows (it
                       holds a slot for each): what tells a dead process's slots
                       still in use at the service from slots it held for nothing
@@ -33,6 +35,7 @@ __all__ = [
     "DIR_RECOVER",
     "DIR_RESOLVE",
     "DIR_RESTORE",
+    "ROUND_CLAIM",
     "RATE_ACQUIRE",
     "RATE_PENALIZE",
     "RATE_SUCCEEDED",
@@ -144,8 +147,8 @@ return {known and 1 or 0, lapsed}
 """
 
 # This process follows a task from now on.
-# KEYS: owners, requests, procs.  ARGV: task id, process id, has request (1/0), request,
-# the prefix of the ``tasks:<process>`` keys.
+# KEYS: owners, requests, procs, polled.  ARGV: task id, process id, has request (1/0),
+# request, the prefix of the ``tasks:<process>`` keys, polled in shared rounds (1/0).
 # The submitter always becomes the owner; a process that only waits on a task takes
 # it over only when nobody live follows it. Returns 1 when this process is the owner.
 DIR_FOLLOW = _NOW_MS + """
@@ -168,11 +171,16 @@ end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   redis.call('SADD', ARGV[5] .. ARGV[2], ARGV[1])
 end
+if ARGV[6] == '1' then
+  -- As if asked about just now: a task just created has not ended, and it joins the
+  -- next round that asks about the others, instead of costing a query of its own.
+  redis.call('ZADD', KEYS[4], 'NX', now_ms(), ARGV[1])
+end
 return 1
 """
 
 # A task ended: forget it, unless another process has adopted it since.
-# KEYS: owners, requests.  ARGV: task id, process id, the ``tasks:`` prefix.
+# KEYS: owners, requests, polled.  ARGV: task id, process id, the ``tasks:`` prefix.
 DIR_RESOLVE = """
 local owner = redis.call('HGET', KEYS[1], ARGV[1])
 if owner and owner ~= ARGV[2] then
@@ -180,22 +188,26 @@ if owner and owner ~= ARGV[2] then
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('SREM', ARGV[3] .. ARGV[2], ARGV[1])
 return 1
 """
 
 # Re-write this process's records after Redis lost them.
-# KEYS: owners, requests.  ARGV: process id, the ``tasks:`` prefix, then pairs (task
-# id, request or '').
+# KEYS: owners, requests, polled.  ARGV: process id, the ``tasks:`` prefix, then
+# triples (task id, request or '', polled in shared rounds 1/0).
 # HSETNX: a task another process has adopted meanwhile stays with it.
 DIR_RESTORE = """
 local restored = 0
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) == 1 then
     restored = restored + 1
     if ARGV[i + 1] ~= '' then
       redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
       redis.call('SADD', ARGV[2] .. ARGV[1], ARGV[i])
+    end
+    if ARGV[i + 2] == '1' then
+      redis.call('ZADD', KEYS[3], 'NX', 0, ARGV[i])
     end
   end
 end
@@ -274,6 +286,30 @@ for index, pair in ipairs(adopted) do
   flat[#flat + 1] = slot_of[index] or ''
 end
 return flat
+"""
+
+
+# Claim the fleet's tasks that no shared poll round asked about for `min age` ms.
+# KEYS: polled, owners.  ARGV: min age (ms), at most this many.
+# Returns a flat list: task id, the process that follows it, ...
+# Atomic: of the processes whose rounds come at once, one claims a task, the others
+# find it asked about already. An id nobody follows any more is dropped.
+ROUND_CLAIM = _NOW_MS + """
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]),
+  'LIMIT', 0, tonumber(ARGV[2]))
+local claimed = {}
+for _, task in ipairs(due) do
+  local owner = redis.call('HGET', KEYS[2], task)
+  if owner then
+    redis.call('ZADD', KEYS[1], now, task)
+    claimed[#claimed + 1] = task
+    claimed[#claimed + 1] = owner
+  else
+    redis.call('ZREM', KEYS[1], task)
+  end
+end
+return claimed
 """
 
 

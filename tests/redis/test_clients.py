@@ -125,3 +125,40 @@ async def test_a_callback_that_beats_the_submissions_answer_is_routed_by_its_tok
     assert prompts == ["job 0", "job 1", "job 2"]
     assert counts["routed"] == 3
     assert stats.requests["retrieve"] + stats.requests["retrieve_batch"] == 0
+
+
+async def test_shared_rounds_ask_about_every_process_s_tasks_once(redis_url: str) -> None:
+    # Two processes of a fleet, no callbacks. A would ask about its tasks once a
+    # minute; B's rounds come every 0.1 s and claim the fleet's tasks, A's among them,
+    # so A's waits end through B's answers, without a round of A's own.
+    settings = ServerSettings(generation_time=(0.2, 0.4), seed=6)
+    async with LocalFluxServer(settings) as server:
+        coords = [RedisCoordinator.from_url(redis_url, api_key=server.token, lease=2.0,
+                                            timeout=1.0) for _ in range(2)]
+        a = FluxClient(server.token, base_url=server.url, submit_rate=None, poll_interval=60.0,
+                       busy_poll_interval=60.0, coordinator=coords[0])
+        b = FluxClient(server.token, base_url=server.url, submit_rate=None, poll_interval=0.1,
+                       busy_poll_interval=0.1, coordinator=coords[1])
+        a_done = anyio.Event()
+        results = []
+
+        async def run_a() -> None:
+            results.extend([await a.generate(f"a{i}") for i in range(3)])
+            a_done.set()
+
+        async def keep_b_polling() -> None:
+            n = 0
+            while not a_done.is_set():
+                await b.generate(f"b{n}")
+                n += 1
+
+        async with a, b:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(run_a)
+                    group.start_soon(keep_b_polling)
+            own_rounds = a._parts.poller.rounds
+        assert [r.images[0].prompt for r in results] == ["a0", "a1", "a2"]
+        assert own_rounds == 0
+        # Each of B's rounds asked about both processes' tasks in one batch query.
+        assert server.stats.requests["retrieve"] == 0

@@ -697,6 +697,7 @@ async def test_stats(server: LocalFluxServer, http: aiohttp.ClientSession) -> No
         "requests": {},
         "statuses": {},
         "rate_limited": 0,
+        "over_capacity": 0,
         "tasks_created": 0,
         "tasks_per_prompt": {},
         "duplicate_prompts": {},
