@@ -195,9 +195,10 @@ def report_queries(rows: list[dict[str, Any]]) -> None:
               f"{_fmt(r['queries'] / rounds if rounds else None, '.2f'):>11}")
     print("  x single: task queries / the single poller's; qry/s: task queries per second")
     print(f"  over the wall time (the token's limit: {QUERY_RATE:g}/s); ids/qry: task ids per")
-    print("  query (a batch holds up to 50); rounds: poll rounds, summed over the processes")
-    print("  (each polls its own tasks); qry/round: queries / rounds, what one process's")
-    print("  round costs (a callback's confirming query, a lost id's own query count too).")
+    print("  query (a batch holds up to 50); rounds: poll rounds that asked something,")
+    print("  summed over the processes (coordinated: rounds are shared, the first process")
+    print("  whose round comes asks about the fleet's due tasks); qry/round: queries /")
+    print("  rounds (a callback's confirming query, a lost id's own query count too).")
     if all(r["queries"] == 0 for r in rows):
         print("  No mode polled a task: every wait was resolved by its callback (a task with")
         print("  a callback is polled only every 30 s). `--poll` measures polling itself.")

@@ -8,7 +8,9 @@
 Every process that uses the same token and the same Redis then shares the
 submission and query rates (and the pause a 429 imposes), the ``max_concurrency``
 slots (leases a live process renews: a dead one's come back within ``lease``
-seconds), routes each callback to the process that waits for its task, and adopts
+seconds, or move with its still-running tasks to the process that adopts them),
+its poll rounds (a task is asked about once a round, by whichever process comes
+first), routes each callback to the process that waits for its task, and adopts
 the tasks of processes that died. When Redis cannot be reached the seams raise
 ``CoordinationError`` before anything is paid.
 """

@@ -64,7 +64,8 @@ class RedisCoordinator:
     token nor anything it could be recovered from is written to Redis.
 
     ``lease``: a process that stops renewing (killed, frozen) loses its slots and
-    its tasks after this long. ``timeout``: the longest any Redis call may take
+    its tasks after this long (the slots of its tasks still generating go with
+    them to the process that adopts them). ``timeout``: the longest any Redis call may take
     before ``CoordinationError``. ``route_timeout``: how long a routed callback
     waits for the owner's judgement. ``adopter``: given the tasks of dead processes
     (see ``recover``) as the renewal loop finds them.
