@@ -295,11 +295,12 @@ class Poller:
                 assert self._shared is not None
                 self._shared.hand_over(owner, task_id, item)
             return
-        if classify(item) is TaskStatus.PENDING:
+        status = classify(item)
+        if status is TaskStatus.PENDING:
             # Most answers in a round: decided without building any model.
             return
         try:
-            task = read_task(item)
+            task = read_task(item, status=status)
         except FluxError as exc:
             self._tracker.fail(followed, exc)
             return

@@ -204,18 +204,21 @@ def _number(value: object) -> float | None:
     return None
 
 
-def read_task(task: Any, *, ended: bool = False) -> Task:
+def read_task(task: Any, *, ended: bool = False, status: TaskStatus | None = None) -> Task:
     """A ``/flux/tasks`` task object as a ``Task``; any documented shape is accepted.
 
     ``ended``: the object is known to be final though it carries no timestamp
     (a result body); ``Task.finished_at`` stays what the wire said, a number or None.
+    ``status``: ``classify(task)``, when the caller has it already (the poller's hot
+    path classifies every answer, and builds a ``Task`` only for the finished ones).
     """
     if not isinstance(task, Mapping):
         raise ProtocolError("a task is not a JSON object")
     task_id = task_id_of(task)
     if task_id is None:
         raise ProtocolError("a task object has no id")
-    status = classify(task, ended=ended)
+    if status is None:
+        status = classify(task, ended=ended)
     response = task.get("response")
     response = response if isinstance(response, Mapping) else {}
     trace_id = _text(task.get("trace_id")) or _text(response.get("trace_id"))
