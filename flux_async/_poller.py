@@ -151,7 +151,8 @@ class Poller:
 
     def pushed(self, task_id: str, item: Mapping[str, Any]) -> None:
         """Another process's round got this answer about a task followed here."""
-        self._read(task_id, item)
+        if self._tracker.find(task_id) is not None:  # never handed on again
+            self._read(task_id, item)
 
     def lost(self, followed: Followed, now: float) -> bool:
         """Whether a followed id that the service does not know may be declared lost."""
