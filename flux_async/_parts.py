@@ -54,7 +54,7 @@ class Parts:
         # task id -> set once its record reached the shared directory
         self._recording: dict[str, anyio.Event] = {}
         self.tracker = Tracker(
-            give_back=self.slots.give_back,
+            give_back=self.slots.give_back if self.directory is None else self._give_back,
             directory=None if self.directory is None else self._tell_directory,
         )
         self.queries = TaskQueries(post, query_gate, backoff, attempts=s.max_retries,
@@ -90,6 +90,15 @@ class Parts:
         if tracker.counts[Stage.SENDING]:
             return False
         return bool(self.slots.waiting or tracker.hungry)
+
+    def _give_back(self) -> None:
+        """A shared slot goes back, unless the client is closing: its task still runs.
+
+        Closing ends the waits, not the tasks. Their slots stay with their records
+        for the process that adopts them (``RedisCoordinator.close``).
+        """
+        if not self.tracker.closed:
+            self.slots.give_back()
 
     def _tell_directory(self, task_id: str, followed: Followed | None) -> None:
         """Tell a shared directory, in the background, that ``task_id`` is followed here or not."""

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from aiohttp import web
 
-from flux_async import FluxClient
+from flux_async import FluxClient, GenerateRequest, Recovered
 from flux_async.redis import RedisCoordinator
 from flux_async.testing import LocalFluxServer, ServerSettings
 from flux_async.web import CALLBACK_RECEIVER, add_callback_route
@@ -162,3 +162,46 @@ async def test_shared_rounds_ask_about_every_process_s_tasks_once(redis_url: str
         assert own_rounds == 0
         # Each of B's rounds asked about both processes' tasks in one batch query.
         assert server.stats.requests["retrieve"] == 0
+
+
+async def test_a_client_closing_with_tasks_running_leaves_their_slots_to_the_adopter(
+    redis_url: str,
+) -> None:
+    # A closes while its 2 tasks still generate: they stay recorded, with their slots
+    # (never freed for a new submission while the service still runs them). B's
+    # renewal adopts both, with their slots, and gives each back when its task ends.
+    settings = ServerSettings(generation_time=3.0, seed=7)
+    async with LocalFluxServer(settings) as server:
+        coords = [RedisCoordinator.from_url(redis_url, api_key=server.token, lease=1.0,
+                                            timeout=1.0) for _ in range(2)]
+        recovered: list[Recovered] = []
+        a = FluxClient(server.token, base_url=server.url, submit_rate=None,
+                       max_concurrency=CAPACITY, coordinator=coords[0])
+        b = FluxClient(server.token, base_url=server.url, submit_rate=None,
+                       max_concurrency=CAPACITY, coordinator=coords[1],
+                       on_recovered=recovered.append)
+
+        async def slots() -> set[str]:
+            members = await coords[1].command("ZRANGE", coords[1].key("slots"), 0, -1)
+            return {m.decode() for m in members}
+
+        async with b:
+            async with a:
+                tasks = [await a.submit(GenerateRequest(f"a{i}")) for i in range(2)]
+            a_id, b_id = coords[0].process_id, coords[1].process_id
+            assert len(await slots()) == 2  # closing kept them: the tasks still run
+
+            async def adopted() -> bool:
+                return await slots() == {f"{b_id}|{t.id}" for t in tasks}
+
+            await until(adopted, within=2.5)
+            assert b._parts.slots.in_use == 2
+            assert not any(s.startswith(f"{a_id}|") for s in await slots())
+
+            async def ended() -> bool:
+                return len(recovered) == 2 and not await slots()
+
+            await until(ended, within=10)
+        assert sorted(r.task_id for r in recovered) == sorted(t.id for t in tasks)
+        assert all(r.ok for r in recovered)
+        assert server.stats.tasks_created == 2
