@@ -5,12 +5,14 @@ in-flight limit: the shared slots keep them under it, so the service never says 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import pytest
 from aiohttp import web
 
 from flux_async import FluxClient, GenerateRequest, Recovered
+from flux_async._callbacks import TOKEN_PARAM, CallbackBook
 from flux_async.redis import RedisCoordinator
 from flux_async.testing import LocalFluxServer, ServerSettings
 from flux_async.web import CALLBACK_RECEIVER, add_callback_route
@@ -205,3 +207,25 @@ async def test_a_client_closing_with_tasks_running_leaves_their_slots_to_the_ado
         assert sorted(r.task_id for r in recovered) == sorted(t.id for t in tasks)
         assert all(r.ok for r in recovered)
         assert server.stats.tasks_created == 2
+
+
+async def test_a_callback_whose_process_died_before_recording_it_is_unclaimed(
+    redis_url: str,
+) -> None:
+    # The token of a process that died between its submission's answer and the
+    # record: nobody owns the task, nobody listens on the tag's channel. The post is
+    # unclaimed at once (a receiver hands it to on_unclaimed), not held or lost.
+    async with LocalFluxServer(ServerSettings(seed=8)) as server:
+        coord = RedisCoordinator.from_url(redis_url, api_key=server.token, timeout=1.0)
+        client = FluxClient(server.token, base_url=server.url, callback_secret=SECRET,
+                            coordinator=coord)
+        _, url = CallbackBook(SECRET).issue("http://fleet/cb", tag="0123456789ab")
+        token = parse_qs(urlsplit(url).query)[TOKEN_PARAM][0]
+        body = {"success": True, "task_id": "t-gone", "trace_id": "tr",
+                "data": [{"image_url": "https://cdn.example/x.png", "prompt": "p"}]}
+        async with client:
+            with anyio.fail_after(5):
+                verdict = await client.handle_callback(token, body)
+    assert (verdict.status, verdict.kind) == (404, "unclaimed")
+    assert verdict.task is not None
+    assert verdict.task.id == "t-gone"
