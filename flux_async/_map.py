@@ -307,8 +307,13 @@ class _Run:
     async def _room(self) -> None:
         """The window's permit for one more request (counted hungry while it waits)."""
         if self._window.value:
-            await self._window.acquire()
-            return
+            # The yield lets the submission just spawned start; the permit is taken
+            # after it, so a cancellation there holds none. (``acquire`` would add a
+            # cancel scope and two checks of the cancellation per request.)
+            await anyio.lowlevel.checkpoint()
+            if self._window.value:  # only this loop takes permits
+                self._window.acquire_nowait()
+                return
         tracker = self._tracker
         tracker.hungry += 1
         if tracker.listener is not None:
