@@ -10,9 +10,11 @@ then summed here into:
 
 * self time per function (where the CPU actually goes), top ``--top``;
 * inclusive time of flux_async's hot paths: per request (``Transport.post``,
-  ``decode_answer``), per poll round (``Poller._round`` and what it calls), per
-  task (``FluxClient._launch``/``_await``, ``map``), and by package (flux_async,
-  aiohttp, anyio, asyncio, attrs/cattrs, json, ...).
+  ``decode_answer``), per poll round (``Poller.round``'s queries,
+  ``_poll_chunk``), per answer (``Poller._read``, ``classify``), per task
+  (``_Run._one``/``Launcher.launch``, ``Submitter._carry``, the tracker's settle
+  path, ``Tracker.wait``, ``map``), and by package (flux_async, aiohttp, anyio,
+  asyncio, attrs/cattrs, json, ...).
 
 Only samples where the process was on CPU are counted (py-spy skips idle ones).
 Nothing is written to the repository; ``--raw PATH`` keeps the stacks.
@@ -46,11 +48,22 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 HOT_PATHS: dict[str, tuple[str, ...]] = {
     "per request: Transport.post (aiohttp send/receive)": ("post (flux_async/_transport.py",),
     "per request: decode_answer (status, JSON)": ("decode_answer (flux_async/_protocol.py",),
-    "per poll round: Poller._round": ("_round (flux_async/_poller.py",),
-    "per poll round: Poller._read (classify + read_task)": ("_read (flux_async/_poller.py",),
-    "per poll round: read_batch": ("read_batch (flux_async/_protocol.py",),
-    "per task: FluxClient._launch (slot + submit)": ("_launch (flux_async/_client.py",),
-    "per task: FluxClient._await (wait for the poller)": ("_await (flux_async/_client.py",),
+    # A round's queries run in tasks of their own: their stacks hold _poll_chunk and
+    # _poll_one, never Poller.round (which only starts them).
+    "per poll round: Poller.round/_poll_chunk/_poll_one": (
+        "Poller.round (flux_async/_poller.py", "_poll_chunk (flux_async/_poller.py",
+        "_poll_one (flux_async/_poller.py"),
+    "per poll round: TaskQueries.fetch_batch (the query)": (
+        "fetch_batch (flux_async/_queries.py", "read_batch (flux_async/_protocol.py"),
+    "per answer: Poller._read (classify + read_task)": ("_read (flux_async/_poller.py",),
+    "per answer: classify (_state)": ("classify (flux_async/_state.py",),
+    "per task: _Run._one/Launcher.launch (slot, rate gate, submit)": (
+        "_one (flux_async/_map.py", "launch (flux_async/_launch.py"),
+    "per task: Submitter._carry (the paid POST in the client's task)": (
+        "_carry (flux_async/_submission.py",),
+    "per task: Tracker settle path (resolve, watches)": (
+        "resolve (flux_async/_tracker.py", "fail (flux_async/_tracker.py"),
+    "per task: Tracker.wait (generate/wait's coroutine)": ("wait (flux_async/_tracker.py",),
     "per task: read_task (model building)": ("read_task (flux_async/_protocol.py",),
     "per task: structure_images (cattrs)": ("structure_images (flux_async/_wire.py",),
     "per task: submit_body/unstructure_request": ("submit_body (flux_async/_protocol.py",),

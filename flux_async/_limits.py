@@ -11,12 +11,14 @@ kind pauses (``Retry-After`` when the service gave one, else exponential backoff
 with jitter) and the rate is halved; it then grows back linearly while no
 further 429 comes (additive increase, multiplicative decrease, as TCP does).
 
-Times come from ``anyio.current_time()`` so the limiter follows the event loop's
-clock; ``Backoff`` is pure arithmetic, tested without a loop.
+Times come from the event loop's clock (``anyio.current_time()`` on asyncio; read
+from the loop directly on the hot paths, ``now()``, at a quarter of the cost);
+``Backoff`` is pure arithmetic, tested without a loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 
@@ -25,7 +27,12 @@ import attrs
 
 from ._errors import ValidationError
 
-__all__ = ["Backoff", "RateLimiter", "deadline_after", "remaining"]
+__all__ = ["Backoff", "RateLimiter", "deadline_after", "now", "remaining"]
+
+
+def now() -> float:
+    """The loop's clock, as ``anyio.current_time()`` is on asyncio, without its lookup."""
+    return asyncio.get_running_loop().time()
 
 
 def deadline_after(timeout: float | None) -> float | None:
@@ -34,12 +41,12 @@ def deadline_after(timeout: float | None) -> float | None:
         return None
     if timeout < 0 or math.isnan(timeout):
         raise ValidationError("timeout", "must be a number of seconds >= 0, or None")
-    return anyio.current_time() + timeout
+    return now() + timeout
 
 
 def remaining(deadline: float | None) -> float | None:
     """Seconds left until ``deadline`` (never negative), for anyio's ``*_after``."""
-    return None if deadline is None else max(0.0, deadline - anyio.current_time())
+    return None if deadline is None else max(0.0, deadline - now())
 
 
 @attrs.define

@@ -30,13 +30,13 @@ from collections.abc import (
 from typing import Any, Literal
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._deadlines import Watch
 from ._errors import ClientClosedError, FluxError, TaskError, ValidationError
+from ._flights import Flights
 from ._launch import Launcher
 from ._limits import deadline_after
 from ._models import EditRequest, GenerateRequest, ImageRequest, ImageResult, Outcome
@@ -155,7 +155,8 @@ class _Run:
         self._ready: dict[int, Outcome] = {}  # ordered: finished ahead of their turn
         self._on_event = on_event
         self._outstanding: dict[int, _Request] = {}  # started, not yet delivered
-        self._group: anyio.abc.TaskGroup | None = None
+        self._flights = Flights(self._bug)
+        self._scope: anyio.CancelScope | None = None  # the loop over the input
         self.failure: Exception | None = None
         self.progress = MapProgress()
 
@@ -203,8 +204,16 @@ class _Run:
             self.failure = exc
             self._on_failure(exc)  # now: the run may be cancelled as soon as the stream closes
         self._send.close()
-        if self._group is not None:
-            self._group.cancel_scope.cancel()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        self._flights.cancel()
+
+    def _bug(self) -> None:
+        """A submission's task raised (not a FluxError: a bug): the run stops."""
+        self._stop()
 
     def _push(self, outcome: Outcome) -> None:
         # Never full: the buffer holds `window` and at most `window` are outstanding.
@@ -243,8 +252,13 @@ class _Run:
     async def _room(self) -> None:
         """The window's permit for one more request (counted hungry while it waits)."""
         if self._window.value:
-            await self._window.acquire()
-            return
+            # The yield lets the submission just spawned start; the permit is taken
+            # after it, so a cancellation there holds none. (``acquire`` would add a
+            # cancel scope and two checks of the cancellation per request.)
+            await anyio.lowlevel.checkpoint()
+            if self._window.value:  # only this loop takes permits
+                self._window.acquire_nowait()
+                return
         tracker = self._tracker
         tracker.hungry += 1
         if tracker.listener is not None:
@@ -255,9 +269,9 @@ class _Run:
             tracker.hungry -= 1
 
     async def run(self, requests: Requests) -> None:
+        flights = self._flights
         try:
-            async with anyio.create_task_group() as group:
-                self._group = group
+            with anyio.CancelScope() as self._scope:
                 index = 0
                 try:
                     async for request in _each(requests):
@@ -267,17 +281,23 @@ class _Run:
                         # input would never stop this loop.
                         await anyio.lowlevel.checkpoint_if_cancelled()
                         await self._room()  # given back as the consumer takes one
-                        group.start_soon(self._one, index, request)
+                        flights.start(self._one(index, request))
                         index += 1
                 except Exception as exc:  # the input raised: not wrapped in a group
                     self._fail(exc)
-            self._group = None
+                await flights.wait()
+            self._scope = None
+            if flights.error is not None:
+                raise flights.error
             if self.failure is not None:
                 return
             # All submitted: wait until every outcome has been taken by the consumer.
             for _ in range(self._size):
                 await self._window.acquire()
         finally:
+            if len(flights):  # stopped or cancelled: no submission outlives its run
+                with anyio.CancelScope(shield=True):
+                    await flights.stop()
             for one in list(self._outstanding.values()):  # cancelled: stop following
                 self._tracker.unwatch(one, cancelled=True)
             self._outstanding.clear()

@@ -11,7 +11,7 @@ Everything here is a plain function over plain data, tested without a loop.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 
@@ -39,10 +39,10 @@ class Facts:
     finished: bool  # the task ended: finished_at or elapsed has a value (null is none)
 
 
-def _word(*places: Mapping[str, Any]) -> str | None:
+def _word(task: Mapping[str, Any], response: Mapping[str, Any]) -> str | None:
     # The vendor's ``state`` is the empty string while pending: that says nothing
     # the structure does not, so it counts as no word (see RULES).
-    for place in places:
+    for place in (task, response):
         for key in ("status", "state"):
             value = place.get(key)
             if isinstance(value, str) and value.strip():
@@ -55,28 +55,39 @@ def _has_value(value: object) -> bool:
     return value is not None and value != "" and value is not False
 
 
+def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
+    # Wire objects are dicts: checked first, as the ABC's check costs ten times more.
+    return type(value) is dict or isinstance(value, Mapping)
+
+
+_NOTHING: Mapping[str, Any] = {}
+
+
 def facts_of(task: Mapping[str, Any], *, ended: bool = False) -> Facts:
     """Read the facts the rules need; any shape is accepted, none raises.
 
     ``ended`` says the object is known to be final without a timestamp to show
     for it (a callback's body: the service posts it when the task ends).
+
+    Every answer of every poll round comes through here (most of them pending),
+    so the reads are spelt out rather than looped over.
     """
     response = task.get("response")
-    if not isinstance(response, Mapping):
+    if not _is_mapping(response):
         # Missing, null or something odd: the task has not answered yet.
-        response = {}
+        response = _NOTHING
     success = response.get("success")
     data = response.get("data")
     return Facts(
         word=_word(task, response),
         success=success if isinstance(success, bool) else None,
-        has_error=isinstance(response.get("error"), Mapping),
+        has_error=_is_mapping(response.get("error")),
         has_images=isinstance(data, list) and len(data) > 0,
-        finished=ended or any(
-            _has_value(place.get(key))
-            for place in (task, response)
-            for key in ("finished_at", "elapsed")
-        ),
+        finished=ended
+        or _has_value(task.get("finished_at"))
+        or _has_value(task.get("elapsed"))
+        or _has_value(response.get("finished_at"))
+        or _has_value(response.get("elapsed")),
     )
 
 

@@ -33,7 +33,7 @@ from ._errors import (
     SubmissionUncertainError,
     TaskTimeoutError,
 )
-from ._limits import Backoff, remaining
+from ._limits import Backoff, now, remaining
 from ._models import ImageRequest
 from ._protocol import IMAGES_PATH, Submission, read_submission, submit_body
 from ._retry import SUBMISSION, Resend, attempts
@@ -165,7 +165,7 @@ class Submitter:
         self, request: ImageRequest, callback_url: str | None, deadline: float | None,
         timeout: float | None, handover: Handover,
     ) -> Submission:
-        ticket = self.limiter.acquire_nowait(anyio.current_time())
+        ticket = self.limiter.acquire_nowait(now())
         if ticket is None:
             with anyio.move_on_after(remaining(deadline)) as scope:
                 ticket = await self.limiter.acquire()
