@@ -46,28 +46,28 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 # Inclusive buckets for flux_async's hot paths: a sample counts in a bucket when
 # any frame of its stack is one of these functions.
 HOT_PATHS: dict[str, tuple[str, ...]] = {
-    "per request: Transport.post (aiohttp send/receive)": ("post (flux_async/_transport.py",),
-    "per request: decode_answer (status, JSON)": ("decode_answer (flux_async/_protocol.py",),
+    "per request: Transport.post (aiohttp send/receive)": ("post (flux_async/_edge/link.py",),
+    "per request: decode_answer (status, JSON)": ("decode_answer (flux_async/_core/protocol.py",),
     # A round's queries run in tasks of their own: their stacks hold _poll_chunk and
     # _poll_one, never Poller.round (which only starts them).
     "per poll round: Poller.round/_poll_chunk/_poll_one": (
-        "Poller.round (flux_async/_poller.py", "_poll_chunk (flux_async/_poller.py",
-        "_poll_one (flux_async/_poller.py"),
+        "Poller.round (flux_async/_engine/poller.py", "_poll_chunk (flux_async/_engine/poller.py",
+        "_poll_one (flux_async/_engine/poller.py"),
     "per poll round: TaskQueries.fetch_batch (the query)": (
-        "fetch_batch (flux_async/_queries.py", "read_batch (flux_async/_protocol.py"),
-    "per answer: Poller._read (classify + read_task)": ("_read (flux_async/_poller.py",),
-    "per answer: classify (_state)": ("classify (flux_async/_state.py",),
+        "fetch_batch (flux_async/_engine/queries.py", "read_batch (flux_async/_core/protocol.py"),
+    "per answer: Poller._read (classify + read_task)": ("_read (flux_async/_engine/poller.py",),
+    "per answer: classify (_state)": ("classify (flux_async/_core/state.py",),
     "per task: _Run._one/Launcher.launch (slot, rate gate, submit)": (
-        "_one (flux_async/_map.py", "launch (flux_async/_launch.py"),
+        "_one (flux_async/_engine/map.py", "launch (flux_async/_engine/launch.py"),
     "per task: Submitter._carry (the paid POST in the client's task)": (
-        "_carry (flux_async/_submission.py",),
+        "_carry (flux_async/_engine/submission.py",),
     "per task: Tracker settle path (resolve, watches)": (
-        "resolve (flux_async/_tracker.py", "fail (flux_async/_tracker.py"),
-    "per task: Tracker.wait (generate/wait's coroutine)": ("wait (flux_async/_tracker.py",),
-    "per task: read_task (model building)": ("read_task (flux_async/_protocol.py",),
-    "per task: structure_images (cattrs)": ("structure_images (flux_async/_wire.py",),
-    "per task: submit_body/unstructure_request": ("submit_body (flux_async/_protocol.py",),
-    "per task: map machinery (_map.py)": ("(flux_async/_map.py",),
+        "resolve (flux_async/_engine/tracker.py", "fail (flux_async/_engine/tracker.py"),
+    "per task: Tracker.wait (generate/wait's coroutine)": ("wait (flux_async/_engine/tracker.py",),
+    "per task: read_task (model building)": ("read_task (flux_async/_core/protocol.py",),
+    "per task: structure_images (cattrs)": ("structure_images (flux_async/_core/wire.py",),
+    "per task: submit_body/unstructure_request": ("submit_body (flux_async/_core/protocol.py",),
+    "per task: map machinery (_map.py)": ("(flux_async/_engine/map.py",),
 }
 
 PACKAGES = ("flux_async", "aiohttp", "anyio", "asyncio", "attr", "cattrs", "json", "yarl",

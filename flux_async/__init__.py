@@ -17,9 +17,9 @@ these public submodules, each imported only when you import it:
 - ``flux_async.testing``: a local server of the API.
 """
 
-from ._callbacks import CallbackVerdict
-from ._client import FluxClient
-from ._errors import (
+from ._client.client import FluxClient
+from ._core.callbacks import CallbackVerdict
+from ._core.errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
@@ -54,8 +54,7 @@ from ._errors import (
     UpstreamTimeoutError,
     ValidationError,
 )
-from ._map import MapEvent, MapProgress
-from ._models import (
+from ._core.models import (
     EditRequest,
     GenerateRequest,
     Image,
@@ -66,9 +65,10 @@ from ._models import (
     TaskErrorInfo,
     TaskStatus,
 )
-from ._recovery import Recovered
-from ._settings import USE_CLIENT_DEFAULT, ClientSettings, UseClientDefault
-from ._upload import LocalImage
+from ._core.settings import USE_CLIENT_DEFAULT, ClientSettings, UseClientDefault
+from ._edge.uploads import LocalImage
+from ._engine.map import MapEvent, MapProgress
+from ._engine.recovery import Recovered
 
 __version__ = "0.1.0.dev0"
 

@@ -75,9 +75,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ._callbacks import MAX_CALLBACK_BYTES, TOKEN_PARAM, CallbackVerdict
-from ._client import FluxClient
-from ._receiver import CONTENT_TYPE, Receiver, UnclaimedHook, parse_content_length
+from ._client.client import FluxClient
+from ._client.receiver import CONTENT_TYPE, Receiver, UnclaimedHook, parse_content_length
+from ._core.callbacks import MAX_CALLBACK_BYTES, TOKEN_PARAM, CallbackVerdict
 
 if TYPE_CHECKING:
     from fastapi import APIRouter

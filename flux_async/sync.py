@@ -35,14 +35,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from ._blocking import Loop, iterate_map
-from ._callbacks import CallbackVerdict
-from ._client import FluxClient as AsyncFluxClient
-from ._download import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, DownloadTarget
-from ._map import MapEvent
-from ._models import Image, ImageRequest, ImageResult, Outcome, Task
-from ._settings import USE_CLIENT_DEFAULT, ClientSettings, UseClientDefault
-from ._upload import ImageSource
+from ._client.blocking import Loop, iterate_map
+from ._client.client import FluxClient as AsyncFluxClient
+from ._core.callbacks import CallbackVerdict
+from ._core.models import Image, ImageRequest, ImageResult, Outcome, Task
+from ._core.settings import USE_CLIENT_DEFAULT, ClientSettings, UseClientDefault
+from ._edge.download import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, DownloadTarget
+from ._edge.uploads import ImageSource
+from ._engine.map import MapEvent
 
 __all__ = ["FluxClient"]
 

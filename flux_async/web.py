@@ -56,9 +56,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ._callbacks import MAX_CALLBACK_BYTES, TOKEN_PARAM, CallbackVerdict
-from ._client import FluxClient
-from ._receiver import CONTENT_TYPE, Receiver, UnclaimedHook
+from ._client.client import FluxClient
+from ._client.receiver import CONTENT_TYPE, Receiver, UnclaimedHook
+from ._core.callbacks import MAX_CALLBACK_BYTES, TOKEN_PARAM, CallbackVerdict
 
 __all__ = [
     "CALLBACK_RECEIVER",

@@ -11,11 +11,11 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from flux_async import FluxError, ImageResult, NotFoundError
-from flux_async._deadlines import Watch
-from flux_async._limits import Backoff, RateLimiter
-from flux_async._poller import Poller
-from flux_async._queries import TaskQueries
-from flux_async._tracker import Tracker
+from flux_async._core.limits import Backoff, RateLimiter
+from flux_async._engine.followed import Watch
+from flux_async._engine.poller import Poller
+from flux_async._engine.queries import TaskQueries
+from flux_async._engine.tracker import Tracker
 
 
 class Clock:

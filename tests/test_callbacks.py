@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from flux_async import FluxClient, GenerateRequest, Task, TaskFailedError, TaskStatus
-from flux_async._receiver import Receiver
+from flux_async._client.receiver import Receiver
 from flux_async.testing import Faults, LocalFluxServer, ServerSettings
 from flux_async.web import (
     CALLBACK_RECEIVER,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from flux_async._errors import error_for_response
+from flux_async._core.errors import error_for_response
 from flux_async.cli import main
 from flux_async.cli._output import HALTS, reason_of
 from tests.test_cli import (

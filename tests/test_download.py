@@ -23,14 +23,14 @@ from flux_async import (
     NotAnImageError,
     ValidationError,
 )
-from flux_async._download import (
+from flux_async._core.limits import Backoff
+from flux_async._edge.download import (
     DEFAULT_DOWNLOAD_TIMEOUT,
     DownloadTimeoutError,
     Fetcher,
     download_images,
     fetch_bytes,
 )
-from flux_async._limits import Backoff
 from flux_async.testing import LocalFluxServer
 
 from .conftest import client_for, eventually, serve
@@ -313,7 +313,7 @@ async def test_a_full_disk_leaves_no_part_file(
 ) -> None:
     real_fdopen = os.fdopen
     monkeypatch.setattr(
-        "flux_async._sinks.os.fdopen",
+        "flux_async._edge.sinks.os.fdopen",
         lambda fd, mode: FullDisk(real_fdopen(fd, mode), at=at),
     )
     async with client_for(flux_server, retry_backoff=0.01) as client:

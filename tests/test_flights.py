@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from flux_async._flights import Flights
+from flux_async._engine.primitives import Flights
 
 pytestmark = pytest.mark.anyio
 

@@ -14,15 +14,15 @@ import anyio.lowlevel
 import pytest
 
 from flux_async import GenerateRequest, Outcome, ServerError, TaskTimeoutError
-from flux_async._callbacks import CallbackBook
-from flux_async._coordination import LocalSlots
-from flux_async._launch import Launcher
-from flux_async._limits import Backoff, RateLimiter
-from flux_async._map import outcomes
-from flux_async._poller import MISSING_ROUNDS
-from flux_async._protocol import read_task
-from flux_async._submission import Submitter
-from flux_async._tracker import Stage, Tracker
+from flux_async._core.callbacks import CallbackBook
+from flux_async._core.limits import Backoff, RateLimiter
+from flux_async._core.protocol import read_task
+from flux_async._engine.coordination import LocalSlots
+from flux_async._engine.launch import Launcher
+from flux_async._engine.map import outcomes
+from flux_async._engine.poller import MISSING_ROUNDS
+from flux_async._engine.submission import Submitter
+from flux_async._engine.tracker import Stage, Tracker
 
 from .fakes import build, done, failed, follow, running
 

@@ -22,9 +22,9 @@ from flux_async import (
     TaskInsufficientBalanceError,
     TaskNotFoundError,
 )
-from flux_async._models import GenerateRequest, Task, TaskStatus
-from flux_async._poller import DEFAULT_NOT_FOUND_GRACE, MISSING_ROUNDS
-from flux_async._tracker import Event
+from flux_async._core.models import GenerateRequest, Task, TaskStatus
+from flux_async._engine.poller import DEFAULT_NOT_FOUND_GRACE, MISSING_ROUNDS
+from flux_async._engine.tracker import Event
 
 from .fakes import Seen, build, done, follow
 

@@ -19,7 +19,7 @@ from flux_async import (
     RequestTimeoutError,
     TransportError,
 )
-from flux_async._http import (
+from flux_async._edge.http import (
     MIN_UPLOAD_RATE,
     Chunks,
     RedirectError,

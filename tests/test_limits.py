@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from flux_async._limits import Backoff, RateLimiter
+from flux_async._core.limits import Backoff, RateLimiter
 
 
 def test_reservations_are_spaced_at_the_rate() -> None:
@@ -115,7 +115,7 @@ def test_acquire_nowait_takes_only_free_turns() -> None:
 
 def test_deadline_after_refuses_a_negative_or_nan_timeout() -> None:
     from flux_async import ValidationError
-    from flux_async._limits import deadline_after
+    from flux_async._core.limits import deadline_after
 
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValidationError) as info:

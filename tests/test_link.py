@@ -20,7 +20,7 @@ from flux_async import (
     ProtocolError,
     TaskStatus,
 )
-from flux_async._transport import MAX_ANSWER_BYTES, Transport
+from flux_async._edge.link import MAX_ANSWER_BYTES, Transport
 from flux_async.testing import LocalFluxServer, ServerSettings
 
 pytestmark = pytest.mark.anyio

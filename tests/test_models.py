@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from flux_async import EditRequest, GenerateRequest, ValidationError
-from flux_async._models import ASPECT_RATIOS, SIZE_RULES, http_url_problem, size_problem
+from flux_async._core.models import ASPECT_RATIOS, SIZE_RULES, http_url_problem, size_problem
 
 
 @pytest.mark.parametrize(

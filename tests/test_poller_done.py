@@ -8,7 +8,7 @@ import sys
 import anyio
 import pytest
 
-from flux_async._done import Done
+from flux_async._engine.primitives import Done
 
 
 @pytest.mark.anyio

@@ -26,7 +26,7 @@ from flux_async import (
     TaskStatus,
     UpstreamTimeoutError,
 )
-from flux_async._protocol import (
+from flux_async._core.protocol import (
     decode_answer,
     error_from_answer,
     parse_retry_after,
@@ -38,7 +38,7 @@ from flux_async._protocol import (
     retrieve_batch_body,
     submit_body,
 )
-from flux_async._submission import Resend, verdict
+from flux_async._engine.submission import Resend, verdict
 
 from .conftest import serve
 

@@ -27,9 +27,9 @@ from flux_async import (
     UpstreamTimeoutError,
     ValidationError,
 )
-from flux_async._http import RedirectError, UnusableURLError
-from flux_async._limits import Backoff, RateLimiter
-from flux_async._retry import (
+from flux_async._core.errors import RedirectError, UnusableURLError
+from flux_async._core.limits import Backoff, RateLimiter
+from flux_async._core.retry import (
     DOWNLOAD,
     QUERY,
     SUBMISSION,
@@ -110,7 +110,7 @@ def test_every_table(name: str) -> None:
 
 
 def test_the_submission_table_is_the_submission_verdict() -> None:
-    from flux_async._submission import verdict
+    from flux_async._engine.submission import verdict
 
     for error in ERRORS.values():
         assert verdict(error) is SUBMISSION.verdict(error)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from flux_async import TaskStatus
-from flux_async._state import RULES, classify, failure_reason
+from flux_async._core.state import RULES, classify, failure_reason
 
 IMAGE = {"prompt": "cat", "image_url": "https://cdn.example/a.png", "seed": 1}
 
@@ -82,7 +82,7 @@ def test_a_status_word_outranks_the_structure() -> None:
 
 
 def test_every_rule_is_reachable() -> None:
-    from flux_async._state import facts_of
+    from flux_async._core.state import facts_of
 
     shapes = PENDING_SHAPES + SUCCEEDED_SHAPES + FAILED_SHAPES
     used = set()
@@ -102,7 +102,7 @@ def test_failure_reason_prefers_the_service_words() -> None:
 
 
 def test_null_timestamps_are_not_finished() -> None:
-    from flux_async._state import facts_of
+    from flux_async._core.state import facts_of
 
     assert not facts_of({"id": "t", "finished_at": None, "elapsed": None}).finished
     assert facts_of({"id": "t", "finished_at": 1.0}).finished
@@ -111,7 +111,7 @@ def test_null_timestamps_are_not_finished() -> None:
 
 
 def test_an_empty_state_is_no_word() -> None:
-    from flux_async._state import facts_of
+    from flux_async._core.state import facts_of
 
     assert facts_of({"id": "t", "state": ""}).word is None
     assert facts_of({"id": "t", "state": "  "}).word is None

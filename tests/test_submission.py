@@ -16,7 +16,7 @@ from flux_async import (
     ServerError,
     ValidationError,
 )
-from flux_async._submission import Resend, verdict
+from flux_async._engine.submission import Resend, verdict
 
 
 @pytest.mark.parametrize(

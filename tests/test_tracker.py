@@ -10,9 +10,9 @@ import itertools
 import pytest
 
 from flux_async import ClientClosedError, TaskFailedError, TaskTimeoutError
-from flux_async._models import GenerateRequest, Task, TaskStatus
-from flux_async._protocol import read_task
-from flux_async._tracker import (
+from flux_async._core.models import GenerateRequest, Task, TaskStatus
+from flux_async._core.protocol import read_task
+from flux_async._engine.tracker import (
     TRANSITIONS,
     Event,
     Followed,
@@ -57,7 +57,7 @@ def test_done_and_dropped_are_final() -> None:
 
 
 def test_the_docstring_table_is_the_table() -> None:
-    import flux_async._tracker as module
+    import flux_async._engine.tracker as module
 
     doc = module.__doc__ or ""
     for (stage, event), after in TRANSITIONS.items():

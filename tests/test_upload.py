@@ -26,7 +26,7 @@ from flux_async import (
     ServerError,
     ValidationError,
 )
-from flux_async._upload import (
+from flux_async._edge.uploads import (
     DEFAULT_UPLOAD_URL,
     MAX_UPLOAD_BYTES,
     build_form,

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flux_async import __version__
-from flux_async._client import API_KEY_ENV, BASE_URL_ENV
+from flux_async._core.settings import API_KEY_ENV, BASE_URL_ENV
 
 __all__ = [
     "API_KEY_ENV",

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from ._args import API_KEY_ENV
-from ._ledger import Record
-
-if TYPE_CHECKING:
-    from ._batch import BatchJob
-    from ._input import Entry
+from ._gallery import LiveGallery
+from ._input import Entry
+from ._ledger import Ledger, Record
+from ._progress import Counts
+from ._stop import Stop
 
 __all__ = ["print_summary", "summarize"]
 
@@ -26,7 +27,34 @@ _HALTS = {
 }
 
 
-def record_of(job: BatchJob, entry: Entry) -> Record | None:
+class Job(Protocol):
+    """What a summary reads of a batch run (``BatchJob`` is one)."""
+
+    @property
+    def ledger(self) -> Ledger: ...
+    @property
+    def entries(self) -> list[Entry]: ...
+    @property
+    def counts(self) -> Counts: ...
+    @property
+    def out(self) -> Path: ...
+    @property
+    def gallery(self) -> LiveGallery: ...
+    @property
+    def stop(self) -> Stop: ...
+    @property
+    def resume(self) -> list[tuple[Entry, str]]: ...
+    @property
+    def skipped(self) -> int: ...
+    @property
+    def restarted_local(self) -> int: ...
+    @property
+    def kept_failed(self) -> int: ...
+    @property
+    def halted(self) -> tuple[str, str] | None: ...
+
+
+def record_of(job: Job, entry: Entry) -> Record | None:
     """The record of this very request (not another request of the same line)."""
     record = job.ledger.find(entry.line, entry.key) if entry.request is not None else None
     if record is None:
@@ -36,7 +64,7 @@ def record_of(job: BatchJob, entry: Entry) -> Record | None:
     return record
 
 
-def summarize(job: BatchJob, wall_time: float) -> dict[str, Any]:
+def summarize(job: Job, wall_time: float) -> dict[str, Any]:
     """Where every line of the input stands now, from the ledger."""
     states: collections.Counter[str] = collections.Counter()
     reasons: collections.Counter[str] = collections.Counter()

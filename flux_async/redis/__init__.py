@@ -24,7 +24,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'flux_async.redis needs redis-py: pip install "flux-async[redis]"'
     ) from exc
 
-from .._errors import CoordinationError
+from .._core.errors import CoordinationError
 from ._coordinator import Adopter, RedisCoordinator, namespace_for
 from ._directory import CallbackJudge, Orphan, RedisDirectory
 from ._rates import RedisRateGate

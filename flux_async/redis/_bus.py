@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from .._errors import CoordinationError
+from .._core.errors import CoordinationError
 
 __all__ = ["Subscription"]
 

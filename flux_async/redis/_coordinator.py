@@ -33,20 +33,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._client import API_KEY_ENV
-from .._errors import ConfigurationError, CoordinationError
-from .._limits import Backoff
-from .._settings import check_api_key
+from .._core.errors import ConfigurationError, CoordinationError
+from .._core.limits import Backoff
+from .._core.settings import API_KEY_ENV, check_api_key
+from .._engine.coordination import Coordinator, Served
 from ._bus import Subscription
 from ._directory import Orphan, RedisDirectory
 from ._names import check_namespace, check_seconds, namespace_for, new_process_id, tag_for
 from ._rates import Kind, RedisRateGate
 from ._scripts import RENEW
 from ._slots import RedisSlots
-
-if TYPE_CHECKING:
-    from .._client import FluxClient
-    from .._coordination import Coordinator
 
 __all__ = ["Adopter", "RedisCoordinator", "namespace_for"]
 
@@ -181,7 +177,7 @@ class RedisCoordinator:
     def directory(self) -> RedisDirectory:
         return self._directory
 
-    async def start(self, client: FluxClient | None = None) -> None:
+    async def start(self, client: Served | None = None) -> None:
         """Connect, subscribe and start the renewal loop (once; later calls return).
 
         With a ``client``, callbacks other processes route here are judged by

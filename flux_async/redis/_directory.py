@@ -31,18 +31,16 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import attrs
 
-from .._callbacks import tag_of
-from .._errors import CoordinationError
+from .._core.callbacks import tag_of
+from .._core.errors import CoordinationError
 from ._rounds import RedisRounds
 from ._scripts import DIR_FOLLOW, DIR_RECOVER, DIR_RESOLVE, DIR_RESTORE
-
-if TYPE_CHECKING:
-    from ._coordinator import RedisCoordinator
+from ._shared import Shared
 
 __all__ = ["CallbackJudge", "Orphan", "RedisDirectory"]
 
@@ -85,7 +83,7 @@ def task_id_of(body: bytes) -> str | None:
 class RedisDirectory:
     """The fleet's task directory, seen from one process."""
 
-    def __init__(self, coordinator: RedisCoordinator) -> None:
+    def __init__(self, coordinator: Shared) -> None:
         self._coord = coordinator
         #: The fleet's shared poll rounds (the tasks recorded with ``poll=True``).
         self.rounds = RedisRounds(coordinator)

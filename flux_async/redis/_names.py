@@ -9,7 +9,7 @@ import os
 import secrets
 import socket
 
-from .._errors import ConfigurationError
+from .._core.errors import ConfigurationError
 
 __all__ = ["check_namespace", "check_seconds", "namespace_for", "new_process_id", "tag_for"]
 

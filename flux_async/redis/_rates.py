@@ -14,15 +14,13 @@ instead of firing into it.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import anyio
 
-from .._limits import Backoff, RateLimiter
+from .._core.limits import Backoff, RateLimiter
 from ._scripts import RATE_ACQUIRE, RATE_PENALIZE, RATE_SUCCEEDED
-
-if TYPE_CHECKING:
-    from ._coordinator import RedisCoordinator
+from ._shared import Shared
 
 __all__ = ["RedisRateGate"]
 
@@ -43,7 +41,7 @@ class RedisRateGate:
 
     def __init__(
         self,
-        coordinator: RedisCoordinator,
+        coordinator: Shared,
         kind: Kind,
         rate: float | None,
         burst: int,

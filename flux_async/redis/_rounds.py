@@ -1,6 +1,6 @@
 """Poll rounds a fleet shares: each pending task asked about once a round, by whoever comes first.
 
-Alone, every process polls its own tasks in rounds (``_poller``): four processes
+Alone, every process polls its own tasks in rounds (``poller``): four processes
 send four batch queries a round where one poller would send one. Shared, a
 round starts by claiming, in one script, the fleet's tasks that no round asked
 about for the claimer's own interval: the first process whose round comes asks
@@ -20,12 +20,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._scripts import ROUND_CLAIM
-
-if TYPE_CHECKING:
-    from ._coordinator import RedisCoordinator
+from ._shared import Shared
 
 __all__ = ["RedisRounds"]
 
@@ -38,7 +36,7 @@ Receive = Callable[[str, Mapping[str, Any]], None]
 class RedisRounds:
     """The fleet's shared poll rounds, seen from one process."""
 
-    def __init__(self, coordinator: RedisCoordinator) -> None:
+    def __init__(self, coordinator: Shared) -> None:
         self._coord = coordinator
         self._receive: Receive | None = None
 

@@ -26,15 +26,12 @@ its slots back. A lost Redis costs the fleet a pause, never a breach.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import anyio
 
-from .._errors import CoordinationError
+from .._core.errors import CoordinationError
 from ._scripts import SLOT_RELEASE, SLOT_TAKE
-
-if TYPE_CHECKING:
-    from ._coordinator import RedisCoordinator
+from ._shared import Shared
 
 __all__ = ["RedisSlots"]
 
@@ -54,7 +51,7 @@ class RedisSlots:
     # A failed release is tried again this many times before the lease takes over.
     RELEASE_ATTEMPTS = 3
 
-    def __init__(self, coordinator: RedisCoordinator, capacity: int) -> None:
+    def __init__(self, coordinator: Shared, capacity: int) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError("capacity must be a positive int")
         self.capacity = capacity

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from ._server import LocalFluxServer
+from ._settings import ServerSettings, TokenState
+from ._stats import ServerStats
 
 __all__ = ["control_routes"]
 
@@ -42,7 +43,20 @@ async def _json_object(request: web.Request) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def control_routes(server: LocalFluxServer) -> list[web.RouteDef]:
+class Controlled(Protocol):
+    """What the control routes drive (``LocalFluxServer`` is one)."""
+
+    @property
+    def stats(self) -> ServerStats: ...
+    @property
+    def settings(self) -> ServerSettings: ...
+    def reset_stats(self) -> None: ...
+    async def finish_all(self) -> None: ...
+    def set_token_state(self, token: str, state: TokenState) -> None: ...
+    def update_settings(self, changes: Mapping[str, Any]) -> None: ...
+
+
+def control_routes(server: Controlled) -> list[web.RouteDef]:
     """The ``/_local/`` routes of ``server``."""
 
     async def stats(request: web.Request) -> web.StreamResponse:

@@ -20,14 +20,14 @@ picks where the URL goes: ``url``, ``file_url``, ``image_url``, ``data.url``, or
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Literal, get_args
+import random
+from typing import Literal, Protocol, get_args
 
 from aiohttp import BodyPartReader, web
 
 from ._settings import Faults
-
-if TYPE_CHECKING:
-    from ._server import LocalFluxServer
+from ._stats import ServerStats
+from ._tasks import Account
 
 __all__ = ["MAX_UPLOAD_BYTES", "AnswerShape", "UploadStore", "image_kind"]
 
@@ -58,10 +58,29 @@ def image_kind(data: bytes) -> tuple[str, str] | None:
     return None
 
 
+class Host(Protocol):
+    """What the upload endpoint uses of its server (``LocalFluxServer`` is one)."""
+
+    _rng: random.Random
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def stats(self) -> ServerStats: ...
+    def _uuid(self) -> str: ...
+    def _error(self, status: int, code: str, message: str,
+               headers: dict[str, str] | None = None) -> web.Response: ...
+    def _drop(self, request: web.Request) -> web.StreamResponse: ...
+    async def _pause(self, delay: float) -> None: ...
+    def _before(self, request: web.Request, endpoint: str,
+                fault: str | None) -> web.StreamResponse | None: ...
+    def _authenticate(self, request: web.Request) -> Account | web.Response: ...
+
+
 class UploadStore:
     """The uploads one ``LocalFluxServer`` holds, and its upload endpoint's knobs."""
 
-    def __init__(self, server: LocalFluxServer) -> None:
+    def __init__(self, server: Host) -> None:
         self._server = server
         self.files: dict[str, tuple[bytes, str]] = {}  # name -> (bytes, content type)
         self.answer_shape: AnswerShape = "mixed"

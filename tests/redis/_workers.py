@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from flux_async._limits import Backoff
+from flux_async._core.limits import Backoff
 from flux_async.redis import RedisCoordinator
 
 #: The token of every test coordinator; the namespace is derived from it.

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from flux_async import FluxClient, GenerateRequest, Recovered
-from flux_async._callbacks import TOKEN_PARAM, CallbackBook
+from flux_async._core.callbacks import TOKEN_PARAM, CallbackBook
 from flux_async.redis import RedisCoordinator
 from flux_async.testing import LocalFluxServer, ServerSettings
 from flux_async.web import CALLBACK_RECEIVER, add_callback_route

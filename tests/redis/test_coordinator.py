@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from flux_async import ConfigurationError, FluxError
-from flux_async._limits import Backoff
+from flux_async._core.limits import Backoff
 from flux_async.redis import CoordinationError, Orphan, RedisCoordinator, namespace_for
 
 from ..conftest import eventually

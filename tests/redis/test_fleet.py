@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from flux_async._limits import Backoff
+from flux_async._core.limits import Backoff
 from flux_async.redis import RedisCoordinator
 
 from . import _workers
