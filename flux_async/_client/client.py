@@ -51,6 +51,7 @@ from .._core.settings import (
     BASE_URL_ENV,
     USE_CLIENT_DEFAULT,
     ClientSettings,
+    Credential,
     UseClientDefault,
     check_api_key,
     check_task_id,
@@ -156,7 +157,9 @@ class FluxClient(FileMethods):
         self.callback_poll_interval = s.callback_poll_interval
         self.upload_url = upload_url_for(s.upload_url, self.base_url)
         self._life = Lifecycle()
-        # The key lives only inside the link's headers, which nothing prints.
+        self._credential = Credential(api_key)
+        # The key lives only inside the link's headers and the credential, which
+        # nothing prints.
         self._link = Link(self.base_url, api_key, session, request_timeout=s.request_timeout)
         # Holds the callback secret; its repr hides it.
         self._callbacks = CallbackBook(s.callback_secret)
@@ -339,6 +342,14 @@ class FluxClient(FileMethods):
         for task_id in ids:
             followed = self._tracker.adopt(task_id, slot=slots.adopted(task_id))
             self._tracker.watch(followed, Recovering(task_id, self._on_recovered, self._life.spawn))
+
+    def key_digest(self, label: bytes) -> str:
+        """HMAC-SHA256 of ``label`` under the API key, in hex: names the key, never shows it.
+
+        A shared coordinator derives its namespace from it, so it needs no key of
+        its own and refuses clients of another key.
+        """
+        return self._credential.digest(label)
 
     async def get_task(self, task_id: str) -> Task:
         """One task as the service reports it now (``retrieve``)."""

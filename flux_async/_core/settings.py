@@ -16,6 +16,8 @@ setting" marker for arguments where ``None`` already means "no limit".
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import math
 from collections.abc import Iterable
 from typing import Any, Final
@@ -33,6 +35,7 @@ __all__ = [
     "MAX_BATCH_SIZE",
     "USE_CLIENT_DEFAULT",
     "ClientSettings",
+    "Credential",
     "UseClientDefault",
     "check_api_key",
     "check_task_id",
@@ -198,6 +201,27 @@ def check_api_key(value: object, *, source: str = "api_key") -> str:
             f"the key ({source}) contains whitespace or a control character", field="api_key"
         )
     return value
+
+
+class Credential:
+    """The API key, out of every repr: it hands out keyed digests, never the key.
+
+    A coordinator names its shared state after the key without learning it
+    (``digest``): two keys never share limits, and nothing stored can give the
+    key back.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, api_key: str) -> None:
+        self._key = api_key.encode()
+
+    def __repr__(self) -> str:
+        return "<Credential>"
+
+    def digest(self, label: bytes) -> str:
+        """HMAC-SHA256 of ``label`` under the key, in hex."""
+        return hmac.new(self._key, label, hashlib.sha256).hexdigest()
 
 
 def check_timeout(value: object, field: str = "timeout") -> float | None:

@@ -174,6 +174,10 @@ class Served(Protocol):
         """Follow tasks of a process that died, to their end; nothing is re-sent."""
         ...
 
+    def key_digest(self, label: bytes) -> str:
+        """A keyed digest of the client's API key: names the key without revealing it."""
+        ...
+
 
 class Coordinator(Protocol):
     """Where a client gets its slots, its two rate gates and its task directory."""

@@ -14,6 +14,7 @@ Every Redis call is bounded by ``timeout`` and fails as ``CoordinationError``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import itertools
 import json
@@ -35,11 +36,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._core.errors import ConfigurationError, CoordinationError
 from .._core.limits import Backoff
-from .._core.settings import API_KEY_ENV, check_api_key
+from .._core.settings import API_KEY_ENV, Credential, check_api_key
 from .._engine.coordination import Coordinator, Served
 from ._bus import Subscription
 from ._directory import Orphan, RedisDirectory
-from ._names import check_namespace, check_seconds, namespace_for, new_process_id, tag_for
+from ._names import (
+    NAMESPACE_LABEL,
+    check_namespace,
+    check_seconds,
+    namespace_for,
+    namespace_of,
+    new_process_id,
+    tag_for,
+)
 from ._rates import Kind, RedisRateGate
 from ._scripts import RENEW
 from ._slots import RedisSlots
@@ -61,9 +70,12 @@ class RedisCoordinator:
 
     ``redis`` is a ``redis.asyncio.Redis`` the caller owns (it is not closed here);
     ``from_url`` builds one that ``close`` closes. The namespace (the Redis key
-    prefix) is ``namespace`` if given, else a keyed hash of ``api_key`` (default:
-    ``$ACEDATACLOUD_API_TOKEN``): two tokens never share limits, and neither the
-    token nor anything it could be recovered from is written to Redis.
+    prefix) is ``namespace`` if given, else a keyed hash of the API key: of
+    ``api_key`` if given, else of the key of the first ``FluxClient`` that starts
+    it (a coordinator needs no key of its own), else, started without a client,
+    of ``$ACEDATACLOUD_API_TOKEN``. Two tokens never share limits: a client whose
+    key is not the coordinator's is refused (``ConfigurationError``), and neither
+    the token nor anything it could be recovered from is written to Redis.
 
     ``lease``: a process that stops renewing (killed, frozen) loses its slots and
     its tasks after this long (the slots of its tasks still generating go with
@@ -88,11 +100,13 @@ class RedisCoordinator:
             raise ConfigurationError(
                 f"must be a redis.asyncio.Redis, got {type(redis).__name__}", field="redis"
             )
-        if namespace is None:
-            source = "api_key" if api_key is not None else f"${API_KEY_ENV}"
-            key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-            namespace = namespace_for(check_api_key(key, source=source))
-        self.namespace = check_namespace(namespace)
+        # The digest of the key this coordinator serves (None: not known yet).
+        self._key_digest: str | None = None
+        if api_key is not None:
+            digest = Credential(check_api_key(api_key)).digest(NAMESPACE_LABEL)
+            self._key_digest = digest
+            namespace = namespace if namespace is not None else namespace_of(digest)
+        self.namespace: str | None = None if namespace is None else check_namespace(namespace)
         self.lease = check_seconds("lease", lease)
         self.timeout = check_seconds("timeout", timeout)
         self.route_timeout = check_seconds("route_timeout", route_timeout)
@@ -100,7 +114,6 @@ class RedisCoordinator:
         self._redis = redis
         self._owns_redis = False
         self.process_id, self._pid = new_process_id(), os.getpid()
-        self._prefix = f"flux:{{{self.namespace}}}:"
         self._slot_numbers = itertools.count(1)
         self._scripts: dict[str, Any] = {}
         self._slots: RedisSlots | None = None
@@ -148,7 +161,8 @@ class RedisCoordinator:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._running else "idle"
-        return (f"<RedisCoordinator namespace={self.namespace[:8]}... "
+        shown = "(the first client's key)" if self.namespace is None else self.namespace[:8]
+        return (f"<RedisCoordinator namespace={shown}... "
                 f"process={self.process_id} lease={self.lease:g}s {state}>")
 
     # -- the seams -------------------------------------------------------------------
@@ -183,8 +197,10 @@ class RedisCoordinator:
         With a ``client``, callbacks other processes route here are judged by
         ``client.receive_callback``, and (unless an ``adopter`` was given) the
         tasks of dead processes are followed by ``client.adopt``.
-        ``CoordinationError`` if Redis does not answer.
+        ``CoordinationError`` if Redis does not answer; ``ConfigurationError`` for a
+        client of another API key, or when no key is known at all.
         """
+        self._serve(client)
         if client is not None and self._directory.judge is None:
             receive = client.receive_callback
             self._directory.judge = lambda token, body: receive(token, body).status
@@ -223,6 +239,29 @@ class RedisCoordinator:
                 self._background(receive_chores), name="flux_async.redis"
             )
             self._running = True
+
+    def _serve(self, client: Served | None) -> None:
+        """Take the namespace from ``client``'s key (or the environment's), or refuse it."""
+        if client is not None:
+            digest = client.key_digest(NAMESPACE_LABEL)
+            if self._key_digest is None:
+                self._key_digest = digest
+            elif not hmac.compare_digest(digest, self._key_digest):
+                raise ConfigurationError(
+                    "this coordinator serves another API key: give each key its own "
+                    "coordinator (two keys never share limits)", field="coordinator")
+            if self.namespace is None:
+                self.namespace = namespace_of(digest)
+        if self.namespace is None:
+            key = os.environ.get(API_KEY_ENV)
+            if not key:
+                raise ConfigurationError(
+                    "no API key for the coordinator: pass RedisCoordinator(api_key=...), "
+                    f"start it through a FluxClient(api_key=...), or set ${API_KEY_ENV}",
+                    field="api_key")
+            self._key_digest = Credential(check_api_key(key, source=f"${API_KEY_ENV}")).digest(
+                NAMESPACE_LABEL)
+            self.namespace = namespace_of(self._key_digest)
 
     async def recover(self) -> list[Orphan]:
         """Adopt the tasks of processes whose lease lapsed; follow them, never re-submit.
@@ -318,7 +357,9 @@ class RedisCoordinator:
         return self.key(f"to:{tag}")
 
     def key(self, name: str) -> str:
-        return self._prefix + name
+        if self.namespace is None:  # a bug: nothing reaches Redis before start()
+            raise CoordinationError("the coordinator has not been started")
+        return f"flux:{{{self.namespace}}}:{name}"
 
     def new_slot_id(self) -> str:
         return f"{self.process_id}|{next(self._slot_numbers)}"

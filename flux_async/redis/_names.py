@@ -11,15 +11,27 @@ import socket
 
 from .._core.errors import ConfigurationError
 
-__all__ = ["check_namespace", "check_seconds", "namespace_for", "new_process_id", "tag_for"]
+__all__ = [
+    "NAMESPACE_LABEL",
+    "check_namespace",
+    "check_seconds",
+    "namespace_for",
+    "namespace_of",
+    "new_process_id",
+    "tag_for",
+]
 
 # HMAC's message: the namespace is a keyed hash of this label under the token.
-_NAMESPACE_LABEL = b"flux_async coordination namespace v1"
+NAMESPACE_LABEL = b"flux_async coordination namespace v1"
 
 
 def namespace_for(api_key: str) -> str:
     """The namespace of a token: 24 hex digits that reveal nothing about it."""
-    digest = hmac.new(api_key.encode(), _NAMESPACE_LABEL, hashlib.sha256).hexdigest()
+    return namespace_of(hmac.new(api_key.encode(), NAMESPACE_LABEL, hashlib.sha256).hexdigest())
+
+
+def namespace_of(digest: str) -> str:
+    """The namespace of a token from its digest under ``NAMESPACE_LABEL``."""
     return digest[:24]
 
 

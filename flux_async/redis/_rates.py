@@ -58,7 +58,7 @@ class RedisRateGate:
         self.burst = burst
         self._coord = coordinator
         self._backoff = backoff
-        self._key = coordinator.key(f"rate:{kind}")
+        self._name = f"rate:{kind}"
         self._penalized = anyio.Event()
         self._penalty_epoch: int | None = None
         self._strikes = False  # a 429 was seen since the last success
@@ -80,7 +80,7 @@ class RedisRateGate:
         while True:
             penalized = self._penalized
             delay, epoch = await coord.call(
-                RATE_ACQUIRE, [self._key],
+                RATE_ACQUIRE, [self._coord.key(self._name)],
                 [self.rate or 0, self.burst, self.RECOVERY_SECONDS],
             )
             ticket = int(epoch)
@@ -109,7 +109,7 @@ class RedisRateGate:
         if retry_after is not None and not (retry_after >= 0 and math.isfinite(retry_after)):
             retry_after = None
         pause, epoch = await coord.call(
-            RATE_PENALIZE, [self._key],
+            RATE_PENALIZE, [self._coord.key(self._name)],
             [
                 self.rate or 0, self.burst, ticket,
                 "" if retry_after is None else repr(float(retry_after)),
@@ -134,4 +134,4 @@ class RedisRateGate:
             self._coord.chore(self._reset_strikes)
 
     async def _reset_strikes(self) -> None:
-        await self._coord.call(RATE_SUCCEEDED, [self._key], [])
+        await self._coord.call(RATE_SUCCEEDED, [self._coord.key(self._name)], [])

@@ -11,9 +11,9 @@ import anyio
 import pytest
 from aiohttp import web
 
-from flux_async import FluxClient, GenerateRequest, Recovered
+from flux_async import ConfigurationError, FluxClient, GenerateRequest, Recovered
 from flux_async._core.callbacks import TOKEN_PARAM, CallbackBook
-from flux_async.redis import RedisCoordinator
+from flux_async.redis import RedisCoordinator, namespace_for
 from flux_async.testing import LocalFluxServer, ServerSettings
 from flux_async.web import CALLBACK_RECEIVER, add_callback_route
 
@@ -56,6 +56,44 @@ async def test_two_clients_sharing_a_coordinator_stay_within_the_token_limit(
         assert stats.rate_limited == 0
         assert stats.peak_in_flight <= CAPACITY
         assert coordinator._closed  # the last client to close closed it
+
+
+async def test_a_coordinator_built_without_a_key_takes_its_clients_key(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a new user writes it: the key given once, to the client, none in the environment.
+    monkeypatch.delenv("ACEDATACLOUD_API_TOKEN", raising=False)
+    settings = ServerSettings(generation_time=(0.01, 0.05), seed=5)
+    server_key = "key-one"
+    async with LocalFluxServer(settings, tokens=[server_key, "key-two"]) as server:
+        coordinator = RedisCoordinator.from_url(redis_url, lease=2.0, timeout=1.0)
+        assert coordinator.namespace is None
+        client = FluxClient(server_key, base_url=server.url, coordinator=coordinator,
+                            poll_interval=0.05)
+        other = FluxClient("key-two", base_url=server.url, coordinator=coordinator)
+        async with client:
+            result = await client.generate("a white siamese cat")
+            assert result.urls
+            assert coordinator.namespace == namespace_for(server_key)
+            assert coordinator.namespace not in repr(coordinator)
+            # A second client of another key on the same coordinator is refused
+            # before anything is sent, with a message that says what to do.
+            before = sum(server.stats.requests.values())
+            with pytest.raises(ConfigurationError, match="another API key"):
+                await other.generate("never sent")
+            assert sum(server.stats.requests.values()) == before
+            await other.aclose()
+        assert server.stats.tasks_created == 1
+
+
+async def test_a_coordinator_with_no_key_anywhere_says_where_one_goes(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ACEDATACLOUD_API_TOKEN", raising=False)
+    coordinator = RedisCoordinator.from_url(redis_url)
+    with pytest.raises(ConfigurationError, match=r"RedisCoordinator\(api_key=.*FluxClient"):
+        await coordinator.start()
+    await coordinator.close()
 
 
 async def test_without_the_coordinator_the_same_two_clients_overrun_the_limit() -> None:

@@ -36,12 +36,9 @@ def test_the_namespace_is_a_keyed_hash_of_the_token(monkeypatch: pytest.MonkeyPa
     assert one.namespace != RedisCoordinator.from_url(url, api_key="token-two").namespace
     assert "token-one" not in one.namespace
     assert "token-one" not in repr(one)
-    monkeypatch.setenv("ACEDATACLOUD_API_TOKEN", "token-one")
-    assert RedisCoordinator.from_url(url).namespace == one.namespace
     assert RedisCoordinator.from_url(url, namespace="shared").namespace == "shared"
-    monkeypatch.delenv("ACEDATACLOUD_API_TOKEN")
-    with pytest.raises(ConfigurationError, match="ACEDATACLOUD_API_TOKEN"):
-        RedisCoordinator.from_url(url)
+    # Without a key: the first client's (or, started alone, the environment's) at start.
+    assert RedisCoordinator.from_url(url).namespace is None
     with pytest.raises(ConfigurationError, match="namespace"):
         RedisCoordinator.from_url(url, namespace="a{b}")
     with pytest.raises(ConfigurationError, match="lease"):
