@@ -42,6 +42,7 @@ from ._core.models import Image, ImageRequest, ImageResult, Outcome, Task
 from ._core.settings import USE_CLIENT_DEFAULT, ClientSettings, UseClientDefault
 from ._edge.download import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, DownloadTarget
 from ._edge.uploads import ImageSource
+from ._engine.journal import Journal
 from ._engine.map import MapEvent
 
 __all__ = ["FluxClient"]
@@ -98,6 +99,8 @@ class FluxClient:
         callback_secret: str | None = None,
         upload_url: str | None = None,
         not_found_grace: float = 300.0,
+        journal: str | os.PathLike[str] | Journal | None = None,
+        key_retention: float = 86400.0,
     ) -> None:
         # A closure, not stored arguments: no repr ever shows the key. Kept to build
         # the client again in a forked child.
@@ -111,7 +114,7 @@ class FluxClient:
                 resend_uncertain=resend_uncertain, callback_url=callback_url,
                 callback_poll_interval=callback_poll_interval,
                 callback_secret=callback_secret, upload_url=upload_url,
-                not_found_grace=not_found_grace,
+                not_found_grace=not_found_grace, journal=journal, key_retention=key_retention,
             )
 
         self._make = make
@@ -215,10 +218,12 @@ class FluxClient:
         size: str | None = None,
         count: int | None = None,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        idempotency_key: str | None = None,
     ) -> ImageResult:
         """See ``flux_async.FluxClient.generate``."""
         return self._loop.call(functools.partial(
-            self._client.generate, prompt, model=model, size=size, count=count, timeout=timeout
+            self._client.generate, prompt, model=model, size=size, count=count, timeout=timeout,
+            idempotency_key=idempotency_key,
         ))
 
     def edit(
@@ -230,22 +235,33 @@ class FluxClient:
         model: str | None = None,
         size: str | None = None,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        idempotency_key: str | None = None,
     ) -> ImageResult:
         """See ``flux_async.FluxClient.edit``."""
         return self._loop.call(functools.partial(
             self._client.edit, prompt, image=image, image_url=image_url, model=model,
-            size=size, timeout=timeout,
+            size=size, timeout=timeout, idempotency_key=idempotency_key,
         ))
 
     def upload(self, image: ImageSource) -> str:
         """See ``flux_async.FluxClient.upload``."""
         return self._loop.call(functools.partial(self._client.upload, image))
 
-    def submit(self, request: ImageRequest, *, callback_url: str | None = None) -> Task:
+    def submit(self, request: ImageRequest, *, callback_url: str | None = None,
+               idempotency_key: str | None = None) -> Task:
         """See ``flux_async.FluxClient.submit``."""
         return self._loop.call(functools.partial(
-            self._client.submit, request, callback_url=callback_url
+            self._client.submit, request, callback_url=callback_url,
+            idempotency_key=idempotency_key,
         ))
+
+    def release_key(self, key: str) -> bool:
+        """See ``flux_async.FluxClient.release_key``."""
+        return self._loop.call(functools.partial(self._client.release_key, key))
+
+    def key_digest(self, label: bytes) -> str:
+        """See ``flux_async.FluxClient.key_digest``."""
+        return self._client.key_digest(label)
 
     def wait(
         self, task: Task | str, *, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT

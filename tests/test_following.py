@@ -18,6 +18,7 @@ from flux_async._core.callbacks import CallbackBook
 from flux_async._core.limits import Backoff, RateLimiter
 from flux_async._core.protocol import read_task
 from flux_async._engine.coordination import LocalSlots
+from flux_async._engine.journal import MemoryJournal
 from flux_async._engine.launch import Launcher
 from flux_async._engine.map import outcomes
 from flux_async._engine.poller import MISSING_ROUNDS
@@ -157,6 +158,7 @@ class Fixture:
         submitter = Submitter(post, RateLimiter(None), Backoff(), spawn=self.spawn,
                               max_retries=3, resend_uncertain=False)
         self.launcher = Launcher(self.tracker, self.slots, submitter, CallbackBook(),
+                                 MemoryJournal(),
                                  callback_poll_interval=30.0, waiting=lambda: None)
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -29,6 +29,8 @@ EXPECTED = {
     "ClientSettings", "USE_CLIENT_DEFAULT", "UseClientDefault",
     # shared limits across processes: the coordinator's error, adopted tasks' outcomes
     "CoordinationError", "Recovered",
+    # idempotency keys and the task journal
+    "IdempotencyConflictError", "JournalError",
 }
 
 

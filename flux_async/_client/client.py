@@ -32,9 +32,11 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 
 from .._core.callbacks import CallbackBook, CallbackVerdict, body_bytes, judge
 from .._core.errors import ClientClosedError, ConfigurationError, CoordinationError, ValidationError
+from .._core.journal import fingerprint as request_fingerprint
 from .._core.limits import Backoff, deadline_after
 from .._core.models import (
     EditRequest,
@@ -45,7 +47,7 @@ from .._core.models import (
     Task,
     check_http_url,
 )
-from .._core.protocol import DEFAULT_BASE_URL
+from .._core.protocol import DEFAULT_BASE_URL, task_of
 from .._core.settings import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -62,7 +64,7 @@ from .._edge import http
 from .._edge.link import Link
 from .._edge.uploads import ImageSource, Uploader, upload_url_for
 from .._engine.coordination import Coordinator, LocalCoordinator
-from .._engine.launch import task_of
+from .._engine.journal import Journal
 from .._engine.lifecycle import ClientState, Lifecycle, hold, release
 from .._engine.map import MapEvent, Requests, check_requests, outcomes
 from .._engine.parts import Parts
@@ -70,6 +72,7 @@ from .._engine.poller import DEFAULT_NOT_FOUND_GRACE
 from .._engine.recovery import RecoveredHook, Recovering
 from .._engine.tracker import task_outcome
 from .files import FileMethods, edit_request
+from .journaled import follow_opened, journal_for, note_held, recover_by_callback
 
 __all__ = ["ClientState", "FluxClient"]
 
@@ -97,7 +100,23 @@ class FluxClient(FileMethods):
       same ``callback_secret``, so any of them recognises the fleet's tokens.
     - ``on_recovered``: called with a ``Recovered`` (task id, result or error)
       for each task this client adopted from elsewhere (``adopt``; a shared
-      coordinator adopts the tasks of processes that died) when it ends.
+      coordinator adopts the tasks of processes that died; a journal hands over
+      those its earlier process did not see end) when it ends, and for each
+      submission of unknown fate a journal held (no task id, a
+      ``SubmissionUncertainError``, its key).
+    - ``journal``: where paid submissions are remembered across processes: a path
+      (an SQLite file, created if missing; several clients and processes may
+      share one) or a ``Journal``. Before each paid POST its intent is recorded,
+      then its task id (before anyone is handed it), then its outcome. A client
+      opening a journal follows the tasks an ended process left running and
+      reports the submissions it left of unknown fate; nothing is sent again.
+      None: idempotency keys are kept in memory, for this process only.
+      ``JournalError`` if it cannot be opened or written, before anything is paid.
+
+    Every request may carry an ``idempotency_key`` (``generate``, ``edit``,
+    ``submit``, and the request models for ``map``): calls with one key share
+    one submission and one result, within ``key_retention``; the same key with
+    another request raises ``IdempotencyConflictError`` before anything is sent.
 
     Cancellation never loses a paid task: a submission's POST runs in a task the
     client owns, so whatever cancels the caller (an anyio scope, ``task.cancel()``,
@@ -131,6 +150,8 @@ class FluxClient(FileMethods):
         not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
         coordinator: Coordinator | None = None,
         on_recovered: RecoveredHook | None = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
+        key_retention: float = 86400.0,
     ) -> None:
         source = "api_key" if api_key is not None else f"${API_KEY_ENV}"
         api_key = check_api_key(
@@ -149,7 +170,7 @@ class FluxClient(FileMethods):
             retry_backoff=retry_backoff, resend_uncertain=resend_uncertain,
             callback_url=callback_url, callback_poll_interval=callback_poll_interval,
             callback_secret=callback_secret, upload_url=upload_url,
-            not_found_grace=not_found_grace,
+            not_found_grace=not_found_grace, key_retention=key_retention,
         )
         self.base_url, self.max_concurrency, self.timeout = s.base_url, s.max_concurrency, s.timeout
         self.max_retries, self.resend_uncertain = s.max_retries, s.resend_uncertain
@@ -168,7 +189,7 @@ class FluxClient(FileMethods):
                                   request_timeout=s.request_timeout)
         self._parts = parts = Parts(
             s, coordinator if coordinator is not None else LocalCoordinator(),
-            self._link.post, self._life.spawn, self._callbacks, backoff)
+            self._link.post, self._life.spawn, self._callbacks, backoff, journal_for(journal))
         self._tracker, self._poller = parts.tracker, parts.poller
         self._on_recovered = on_recovered
 
@@ -199,10 +220,18 @@ class FluxClient(FileMethods):
             await self._life.start(self._first_use)
 
     async def _first_use(self) -> None:
-        coordinator = self._parts.coordinator
-        await coordinator.start(self)
-        hold(coordinator, self)
+        parts = self._parts
+        # The journal first: if it cannot be opened, nothing else has started.
+        opened = await parts.journal.open(self.settings.key_retention)
+        try:
+            await parts.coordinator.start(self)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await parts.journal.close()
+            raise
+        hold(parts.coordinator, self)
         self._link.open()
+        follow_opened(opened, self._tracker, parts.slots, self._on_recovered, self._life.spawn)
 
     async def aclose(self) -> None:
         """Stop background work, fail pending waits, close the session.
@@ -229,16 +258,20 @@ class FluxClient(FileMethods):
                             "running; they may still finish and be billed, wait on them "
                             "with another client: %s", len(ids), ", ".join(ids))
             await self._life.stop()
+            # Every write is queued by now (the background tasks are done): flushed here.
+            await self._parts.journal.close()
             await self._link.close()
             await release(self._parts.coordinator, self)
 
     # --- requests ------------------------------------------------------------------
 
-    async def _run(self, request: ImageRequest, timeout: float | None) -> ImageResult:
+    async def _run(self, request: ImageRequest, timeout: float | None,
+                   fingerprint: str | None = None) -> ImageResult:
         deadline = deadline_after(timeout)
         await self._start()
         submission, followed = await self._parts.launcher.launch(
-            request, deadline=deadline, timeout=timeout, callback_url=self.callback_url)
+            request, deadline=deadline, timeout=timeout, callback_url=self.callback_url,
+            fingerprint=fingerprint)
         if followed is None:
             assert submission.result is not None
             return submission.result
@@ -252,14 +285,18 @@ class FluxClient(FileMethods):
         size: str | None = None,
         count: int | None = None,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        idempotency_key: str | None = None,
     ) -> ImageResult:
         """Generate images from ``prompt`` and wait for them.
 
         Raises ``TaskFailedError`` if the service fails the task, ``TaskTimeoutError``
-        when ``timeout`` (default: the client's) passes first.
+        when ``timeout`` (default: the client's) passes first. ``idempotency_key``:
+        every call with this key gets this one generation's result (paid once; see
+        the class docstring).
         """
         timeout = resolve_timeout(timeout, self.timeout)
-        request = GenerateRequest(prompt, model=model, size=size, count=count)
+        request = GenerateRequest(prompt, model=model, size=size, count=count,
+                                  idempotency_key=idempotency_key)
         return await self._run(request, timeout)
 
     async def edit(
@@ -271,28 +308,42 @@ class FluxClient(FileMethods):
         model: str | None = None,
         size: str | None = None,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        idempotency_key: str | None = None,
     ) -> ImageResult:
         """Edit ``image`` as ``prompt`` says, and wait for the result.
 
         ``image`` is an http(s) URL (passed on), a local file's path (``str`` or
         ``os.PathLike``) or the image's bytes (both uploaded first, see
         ``upload``). ``image_url`` is the same argument under its older name.
-        ``timeout`` counts from the submission, after any upload.
+        ``timeout`` counts from the submission, after any upload. With an
+        ``idempotency_key``, a local image is known by its bytes (each upload of
+        it gets a new URL): the same key with the same image is the same request.
         """
         timeout = resolve_timeout(timeout, self.timeout)
-        request = await edit_request(prompt, image, image_url, model, size, self._upload)
-        return await self._run(request, timeout)
+        request, digest = await edit_request(prompt, image, image_url, model, size,
+                                             self._upload, idempotency_key)
+        fingerprint = None if digest is None else request_fingerprint(request,
+                                                                      image_digest=digest)
+        return await self._run(request, timeout, fingerprint)
 
-    async def submit(self, request: ImageRequest, *, callback_url: str | None = None) -> Task:
+    async def submit(self, request: ImageRequest, *, callback_url: str | None = None,
+                     idempotency_key: str | None = None) -> Task:
         """Submit and return as soon as the service gives a task id.
 
         The task keeps a concurrency slot until it resolves; the client follows it
-        in the background so ``wait()`` on it later is immediate once it has.
+        in the background so ``wait()`` on it later is immediate once it has. With
+        a journal the id is recorded before it is returned. ``idempotency_key``
+        (or the request's own): a key already used returns that task (finished, if
+        it ended) instead of submitting again.
         """
         if not isinstance(request, (GenerateRequest, EditRequest)):
             raise ValidationError(
                 "request", f"must be a GenerateRequest or an EditRequest, got {request!r:.80}"
             )
+        if idempotency_key is not None and idempotency_key != request.idempotency_key:
+            if request.idempotency_key is not None:
+                raise ValidationError("idempotency_key", "the request has another key already")
+            request = attrs.evolve(request, idempotency_key=idempotency_key)
         if callback_url is not None:
             check_http_url("callback_url", callback_url)
         await self._start()
@@ -351,6 +402,19 @@ class FluxClient(FileMethods):
         """
         return self._credential.digest(label)
 
+    async def release_key(self, key: str) -> bool:
+        """Free ``key``: the next call with it submits anew (and pays again).
+
+        For a submission of unknown fate this is the caller's decision to risk a
+        second payment: its entry is kept without the key, so a callback that
+        later names its task still settles it (reported to ``on_recovered``).
+        Returns whether the journal held the key.
+        """
+        if not isinstance(key, str) or not key:
+            raise ValidationError("key", f"must be a non-empty string, got {key!r:.80}")
+        await self._start()
+        return await self._parts.journal.release(key)
+
     async def get_task(self, task_id: str) -> Task:
         """One task as the service reports it now (``retrieve``)."""
         check_task_id("task_id", task_id)
@@ -397,11 +461,26 @@ class FluxClient(FileMethods):
         With a shared coordinator, an authentic callback for a task another process
         follows is routed to it and answered with its verdict's status (``kind ==
         "routed"``); 503 when that process could not be reached (the service sends
-        the callback again). ``flux_async.web`` and ``flux_async.asgi`` call this;
+        the callback again). An authentic callback for a journaled submission whose
+        answer never came (its process died with the POST on the wire) settles
+        that submission: its task is followed from then on (``kind ==
+        "recovered"``). ``flux_async.web`` and ``flux_async.asgi`` call this;
         call it from any other framework the same way (cap the body size first).
         """
         verdict = self.receive_callback(token, body)
-        if verdict.kind != "unclaimed" or self._parts.directory is None or verdict.task is None:
+        if verdict.kind == "held" and verdict.task is not None:
+            await note_held(self._parts.journal, self._callbacks, token, verdict.task)
+        if verdict.kind != "unclaimed" or verdict.task is None:
+            return verdict
+        if self.closed:
+            return verdict
+        await self._start()  # the journal is read: a callback may come before any call
+        recovered = await recover_by_callback(
+            self._parts.journal, self._callbacks, self._tracker, token, verdict.task,
+            self._on_recovered, self._life.spawn)
+        if recovered is not None:
+            return recovered
+        if self._parts.directory is None:
             return verdict
         try:
             status = await self._parts.directory.route_callback(token, body_bytes(body))

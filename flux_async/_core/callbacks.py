@@ -85,7 +85,8 @@ _TAG_END = "~"  # not in token_urlsafe's alphabet, nor in the MAC's "."
 MAX_HELD = 4
 
 CallbackKind = Literal[
-    "resolved", "confirming", "held", "duplicate", "unclaimed", "routed", "rejected"
+    "resolved", "confirming", "held", "duplicate", "unclaimed", "routed", "recovered",
+    "rejected"
 ]
 Held = Mapping[str, Task | None]
 
@@ -122,8 +123,9 @@ class CallbackVerdict:
     (already settled the same way), ``unclaimed`` (authentic, but this client
     does not follow the task: 404 unless a hook takes it), ``routed`` (another
     process of a shared coordinator follows it: its status; 503 if it could not
-    be reached), ``rejected`` (4xx, changed nothing). ``task`` is the posted
-    result when it could be read.
+    be reached), ``recovered`` (it named the task of a journaled submission whose
+    answer never came: that task is followed from now on), ``rejected`` (4xx,
+    changed nothing). ``task`` is the posted result when it could be read.
     """
 
     status: int

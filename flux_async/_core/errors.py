@@ -7,6 +7,7 @@ translates them once, with ``raise ... from`` so the original stays on
     FluxError
     ├── ConfigurationError          no API key, an impossible setting (also ValueError)
     ├── ValidationError             bad input, refused before any request (also ValueError)
+    │   └── IdempotencyConflictError  a key already names another request
     ├── ClientClosedError           the client was closed
     ├── CoordinationError           the shared limits (a coordinator) could not be
     │                               consulted; raised before anything is paid
@@ -26,6 +27,8 @@ translates them once, with ``raise ... from`` so the original stays on
     │   └── ServerError             5xx, including gateway pages that are not JSON
     │       └── UpstreamTimeoutError  504 timeout: the model timed out, nothing billed
     ├── SubmissionUncertainError    a paid submission whose fate is unknown: not re-sent
+    ├── JournalError                the task journal cannot be read or written: raised
+    │                               before anything is paid
     ├── DownloadError               an image could not be fetched or saved: url, status
     │   ├── NotAnImageError         the answer's content type is not image/*
     │   ├── ImageTooLargeError      the body is over max_bytes (nothing is kept)
@@ -59,8 +62,10 @@ __all__ = [
     "FluxError",
     "ForbiddenError",
     "DownloadTimeoutError",
+    "IdempotencyConflictError",
     "ImageTooLargeError",
     "InsufficientBalanceError",
+    "JournalError",
     "NetworkError",
     "NotAnImageError",
     "NotFoundError",
@@ -105,6 +110,32 @@ class ValidationError(FluxError, ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class IdempotencyConflictError(ValidationError):
+    """The idempotency key was already used for another request; nothing was sent.
+
+    A key names one request (as a payment provider answers a reused key): use a
+    new key for a new request, or ``FluxClient.release_key`` to free this one.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__("idempotency_key", f"{key!r} {message}")
+        self.key = key
+
+
+class JournalError(FluxError):
+    """The task journal could not be opened, read or written.
+
+    Raised before anything is paid: a submission never goes out when its intent
+    could not be recorded, and a journal that is unreadable, from a newer version
+    of flux_async or on a full disk is never silently replaced by "no journal".
+    ``path`` names the journal when it is a file.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ClientClosedError(FluxError):
@@ -274,13 +305,18 @@ class SubmissionUncertainError(FluxError):
     client did not send it again. ``request`` is what was sent, ``trace_id`` the
     service's trace id if any answer carried one; the original failure is on
     ``__cause__``. Re-send it yourself only if a possible duplicate is acceptable,
-    or set ``FluxClient(resend_uncertain=True)``.
+    or set ``FluxClient(resend_uncertain=True)``. ``idempotency_key`` is the
+    request's key, if it had one: the journal keeps the key tied to this
+    submission (a call with it raises this again, and a late callback that names
+    the task settles it) until ``FluxClient.release_key`` frees it.
     """
 
-    def __init__(self, message: str, *, request: Any, trace_id: str | None = None) -> None:
+    def __init__(self, message: str, *, request: Any, trace_id: str | None = None,
+                 idempotency_key: str | None = None) -> None:
         super().__init__(message)
         self.request = request
         self.trace_id = trace_id
+        self.idempotency_key = idempotency_key
 
 
 class DownloadError(FluxError):

@@ -23,6 +23,7 @@ from .errors import FluxError, ValidationError
 __all__ = [
     "ASPECT_RATIOS",
     "DEFAULT_MODEL",
+    "MAX_KEY_LENGTH",
     "SIZE_RULES",
     "EditRequest",
     "GenerateRequest",
@@ -167,6 +168,19 @@ def check_http_url(field: str, value: object) -> None:
         raise ValidationError(field, problem)
 
 
+#: The longest idempotency key (as payment providers allow).
+MAX_KEY_LENGTH = 255
+
+
+def _check_key(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if (not isinstance(value, str) or not value.strip() or len(value) > MAX_KEY_LENGTH
+            or not value.isprintable()):
+        raise ValidationError(attribute.name, "must be a non-empty printable string of at "
+                              f"most {MAX_KEY_LENGTH} characters when given")
+
+
 def _check_image_url(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     check_http_url(attribute.name, value)
 
@@ -178,12 +192,17 @@ class GenerateRequest:
     ``size`` must suit the model (``SIZE_RULES``; without a model, the service's
     default ``flux-dev``). Unknown model names are passed through with only the
     size's shape checked (new ones appear upstream).
+
+    ``idempotency_key``: names this request, so that sending it again (a retry, a
+    double click, a restarted job) pays once; it is not sent to the service (see
+    ``FluxClient``'s journal).
     """
 
     prompt: str = attrs.field(validator=_check_prompt)
     model: str | None = attrs.field(default=None, validator=_check_optional_text)
     size: str | None = attrs.field(default=None, validator=_check_size)
     count: int | None = attrs.field(default=None, validator=_check_count)
+    idempotency_key: str | None = attrs.field(default=None, kw_only=True, validator=_check_key)
 
     action = "generate"
 
@@ -193,13 +212,15 @@ class EditRequest:
     """Edit the image at ``image_url`` as ``prompt`` says.
 
     The documented edit models are ``flux-kontext-pro`` and ``flux-kontext-max``,
-    which take an aspect ratio as ``size``.
+    which take an aspect ratio as ``size``. ``idempotency_key`` as for
+    ``GenerateRequest``.
     """
 
     prompt: str = attrs.field(validator=_check_prompt)
     image_url: str = attrs.field(validator=_check_image_url)
     model: str | None = attrs.field(default=None, validator=_check_optional_text)
     size: str | None = attrs.field(default=None, validator=_check_size)
+    idempotency_key: str | None = attrs.field(default=None, kw_only=True, validator=_check_key)
 
     action = "edit"
 

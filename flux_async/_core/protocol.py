@@ -37,6 +37,7 @@ __all__ = [
     "retrieve_batch_body",
     "retrieve_body",
     "submit_body",
+    "task_of",
 ]
 
 DEFAULT_BASE_URL = "https://api.acedata.cloud"
@@ -159,6 +160,14 @@ class Submission:
     task_id: str
     trace_id: str | None
     result: ImageResult | None = None
+
+
+def task_of(submission: Submission) -> Task:
+    """The task a submission's answer describes (finished when it carried the result)."""
+    if submission.result is not None:
+        return Task(submission.task_id, TaskStatus.SUCCEEDED, trace_id=submission.trace_id,
+                    result=submission.result, raw=submission.result.raw)
+    return Task(submission.task_id, TaskStatus.PENDING, trace_id=submission.trace_id)
 
 
 def _text(value: object) -> str | None:

@@ -292,6 +292,10 @@ class ClientSettings:
       since new tasks may take a while to appear on ``/flux/tasks``; meanwhile it
       costs only its place in the batch queries. Then a 404 ends its wait with
       ``TaskNotFoundError``.
+    - ``key_retention`` (86,400 s, a day): how long an idempotency key stays tied
+      to its request and task after it was first used (the journal forgets ended
+      entries after this long too); a submission of unknown fate keeps its key
+      until ``release_key``.
     """
 
     base_url: str = attrs.field(
@@ -320,6 +324,7 @@ class ClientSettings:
     # Seconds a known task id may stay unknown to /flux/tasks before it is declared
     # lost (``poller.DEFAULT_NOT_FOUND_GRACE``); 0: at once, as a test may want.
     not_found_grace: float = attrs.field(default=300.0, validator=_number(allow_zero=True))
+    key_retention: float = attrs.field(default=86400.0, validator=_number())
 
     @property
     def effective_submit_burst(self) -> int:

@@ -54,9 +54,11 @@ def _structure_image(value: object, cls: type[Image]) -> Image:
 _converter.register_structure_hook(Image, _structure_image)
 
 # Requests go out without the fields left at None: the service applies its defaults.
+# The idempotency key is the client's own: it never goes on the wire.
 for _cls in (GenerateRequest, EditRequest):
     _converter.register_unstructure_hook(
-        _cls, make_dict_unstructure_fn(_cls, _converter, _cattrs_omit_if_default=True)
+        _cls, make_dict_unstructure_fn(_cls, _converter, _cattrs_omit_if_default=True,
+                                       idempotency_key=override(omit=True))
     )
 
 

@@ -61,6 +61,7 @@ class Followed:
         "adopted",
         "callbacks",
         "confirming",
+        "entry",
         "kept",
         "missing",
         "nonce",
@@ -91,6 +92,7 @@ class Followed:
         self.not_before = 0.0
         self.outcome: Task | FluxError | None = None
         self.watches: list[Watch] | None = None
+        self.entry: str | None = None  # its journal entry, whose outcome is recorded
 
     def __repr__(self) -> str:
         return f"<Followed {self.task_id or '(no id yet)'} {self.stage.name}>"

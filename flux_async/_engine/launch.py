@@ -24,35 +24,34 @@ import anyio
 
 from .._core.callbacks import CallbackBook, adopt_early
 from .._core.errors import ClientClosedError, TaskTimeoutError, for_task
+from .._core.journal import Entry, EntryState, new_entry_id
+from .._core.journal import fingerprint as fingerprint_of
 from .._core.limits import remaining
-from .._core.models import ImageRequest, Task, TaskStatus
-from .._core.protocol import Submission
+from .._core.models import ImageRequest
+from .._core.protocol import Submission, task_of
+from .._core.wire import unstructure_request
 from .coordination import SlotPool, TaskDirectory
 from .followed import Watch
+from .journal import Intent, Journal
+from .keys import Keys, Launched
 from .submission import Handover, Submitter
 from .tracker import Event, Followed, Tracker
 
-__all__ = ["Launcher", "task_of"]
+__all__ = ["Launcher"]
 
 log = logging.getLogger("flux_async")
-
-
-def task_of(submission: Submission) -> Task:
-    """The task a submission's answer describes (finished when it carried the result)."""
-    if submission.result is not None:
-        return Task(submission.task_id, TaskStatus.SUCCEEDED, trace_id=submission.trace_id,
-                    result=submission.result, raw=submission.result.raw)
-    return Task(submission.task_id, TaskStatus.PENDING, trace_id=submission.trace_id)
 
 
 class Launcher:
     """Takes requests from their slot to the tracker; see the module docstring."""
 
     def __init__(self, tracker: Tracker, slots: SlotPool, submitter: Submitter,
-                 book: CallbackBook, *, callback_poll_interval: float,
+                 book: CallbackBook, journal: Journal, *, callback_poll_interval: float,
                  waiting: Callable[[], None], directory: TaskDirectory | None = None,
                  recorded: Callable[[str], Awaitable[None]] | None = None) -> None:
         self._tracker = tracker
+        self._journal = journal
+        self._keys = Keys(journal, tracker)
         self._slots = slots
         self._submitter = submitter
         self._book = book
@@ -71,25 +70,68 @@ class Launcher:
         kept: bool = False,
         watch: Watch | None = None,
         on_submitted: Callable[[str], None] | None = None,
-    ) -> tuple[Submission, Followed | None]:
+        fingerprint: str | None = None,
+    ) -> Launched:
         """Submit ``request`` and hand its task to the tracker (None: it ended already).
 
         ``watch`` waits for the task from the answer on; ``kept`` tasks are
         followed with no watcher. Raises what the slot, the rate gate or the
-        submission raises; nothing is held then.
+        submission raises; nothing is held then. A keyed request may instead
+        join what its key holds (``keys``); ``fingerprint`` stands for the
+        request's own when its image URL is a fresh upload of the same bytes.
         """
+        key = request.idempotency_key
+        journal = self._journal
+        if key is None and not journal.durable:
+            return await self._send(request, None, deadline=deadline, timeout=timeout,
+                                    callback_url=callback_url, kept=kept, watch=watch,
+                                    on_submitted=on_submitted)
+
+        async def send(intent: Intent) -> Launched:
+            return await self._send(request, intent, deadline=deadline, timeout=timeout,
+                                    callback_url=callback_url, kept=kept, watch=watch,
+                                    on_submitted=on_submitted)
+
+        if key is None:  # recorded only to survive the process: no fingerprint needed
+            entry = Entry(entry_id=new_entry_id(), fingerprint="",
+                          request=unstructure_request(request), state=EntryState.SENDING)
+            return await send(Intent(journal, entry))
+        return await self._keys.launch(
+            request, key, fingerprint or fingerprint_of(request), send, deadline=deadline,
+            timeout=timeout, kept=kept, watch=watch, on_submitted=on_submitted)
+
+    async def _send(
+        self,
+        request: ImageRequest,
+        intent: Intent | None,
+        *,
+        deadline: float | None,
+        timeout: float | None,
+        callback_url: str | None,
+        kept: bool,
+        watch: Watch | None,
+        on_submitted: Callable[[str], None] | None,
+    ) -> Launched:
         tracker = self._tracker
         followed = tracker.new(Event.QUEUE, request=request)
+        if intent is not None:
+            followed.entry = intent.entry.entry_id
+            # Recorded tasks are followed to their end, so their outcome is recorded.
+            kept = kept or self._journal.durable
         try:
             await self._take_slot(deadline, timeout)
         except BaseException:
             tracker.move(followed, Event.GIVE_UP)
+            if intent is not None:
+                intent.given_up()
             raise
         tracker.move(followed, Event.SLOT)
         if callback_url is not None:
             tag = "" if self._directory is None else self._directory.tag
             followed.nonce, callback_url = self._book.issue(callback_url, tag=tag)
             followed.callbacks = True
+            if intent is not None:
+                intent.nonce = followed.nonce
 
         def adopt(submission: Submission) -> None:
             self._adopt(followed, submission, on_submitted)
@@ -97,11 +139,14 @@ class Launcher:
         def drop() -> None:
             self._book.settle(followed.nonce)
             tracker.move(followed, Event.REFUSE)
+            if intent is not None:
+                intent.given_up()
 
         handover = Handover(adopt, drop)
         try:
             submission = await self._submitter.submit(
-                request, callback_url, deadline=deadline, timeout=timeout, handover=handover
+                request, callback_url, deadline=deadline, timeout=timeout, handover=handover,
+                intent=intent,
             )
         except BaseException:
             if not handover.left:  # else the slot and the nonce went with the handover

@@ -17,11 +17,14 @@ from typing import Any
 import anyio
 
 from .._core.callbacks import CallbackBook
-from .._core.errors import ClientClosedError, FluxError
+from .._core.errors import ClientClosedError, FluxError, NotFoundError
+from .._core.journal import lost_body, outcome_body
 from .._core.limits import Backoff
+from .._core.models import Task
 from .._core.settings import ClientSettings
 from .._core.wire import unstructure_request
 from .coordination import Coordinator, LocalDirectory, TaskDirectory
+from .journal import Journal
 from .launch import Launcher
 from .poller import Poller
 from .queries import Post, TaskQueries
@@ -39,9 +42,10 @@ class Parts:
     """A client's coordinator-backed slots and gates, tracker, poller, queries and launcher."""
 
     def __init__(self, settings: ClientSettings, coordinator: Coordinator, post: Post,
-                 spawn: Spawn, book: CallbackBook, backoff: Backoff) -> None:
+                 spawn: Spawn, book: CallbackBook, backoff: Backoff, journal: Journal) -> None:
         s = settings
         self.coordinator = coordinator
+        self.journal = journal
         self.slots = coordinator.slots(s.max_concurrency)
         submit_gate = coordinator.rate_gate(
             "submit", s.submit_rate, s.effective_submit_burst, backoff)
@@ -56,6 +60,7 @@ class Parts:
         self.tracker = Tracker(
             give_back=self.slots.give_back if self.directory is None else self._give_back,
             directory=None if self.directory is None else self._tell_directory,
+            ended=self._record_end,
         )
         self.queries = TaskQueries(post, query_gate, backoff, attempts=s.max_retries,
                                    chunk_size=s.batch_size)
@@ -68,7 +73,7 @@ class Parts:
         self.submitter = Submitter(post, submit_gate, backoff, spawn=spawn,
                                    max_retries=s.max_retries,
                                    resend_uncertain=s.resend_uncertain)
-        self.launcher = Launcher(self.tracker, self.slots, self.submitter, book,
+        self.launcher = Launcher(self.tracker, self.slots, self.submitter, book, journal,
                                  callback_poll_interval=s.callback_poll_interval,
                                  waiting=self.poller.wake,
                                  directory=self.directory,
@@ -90,6 +95,20 @@ class Parts:
         if tracker.counts[Stage.SENDING]:
             return False
         return bool(self.slots.waiting or tracker.hungry)
+
+    def _record_end(self, followed: Followed) -> None:
+        """A task with a journal entry ended here: record its outcome (queued, not awaited).
+
+        Only the task's own end is recorded: the service's answer, or "not found"
+        after the grace. An error of this client (closing, a refused token) ends
+        the wait, not the task: its entry stays RUNNING, to be followed again.
+        """
+        assert followed.entry is not None
+        outcome = followed.outcome
+        if isinstance(outcome, Task):
+            self.journal.ended(followed.entry, outcome_body(outcome), ok=outcome.result is not None)
+        elif isinstance(outcome, NotFoundError):
+            self.journal.ended(followed.entry, lost_body(followed.task_id, outcome), ok=False)
 
     def _give_back(self) -> None:
         """A shared slot goes back, unless the client is closing: its task still runs.

@@ -27,6 +27,7 @@ import attrs
 
 from .._core.errors import (
     ClientClosedError,
+    JournalError,
     RateLimitError,
     SubmissionUncertainError,
     TaskTimeoutError,
@@ -36,6 +37,7 @@ from .._core.models import ImageRequest
 from .._core.protocol import IMAGES_PATH, Submission, read_submission, submit_body
 from .._core.retry import SUBMISSION, Resend, attempts
 from .coordination import RateGate
+from .journal import Intent
 from .primitives import Done
 
 __all__ = ["MAX_RATE_LIMIT_RETRIES", "Handover", "Resend", "Submitter", "verdict"]
@@ -81,6 +83,19 @@ def verdict(error: BaseException) -> Resend:
     return SUBMISSION.verdict(error)
 
 
+async def _record(intent: Intent, outcome: Submission | BaseException | None) -> None:
+    """Tell the journal how a POST ended (awaited for a task id: it must be durable)."""
+    if isinstance(outcome, Submission):
+        try:
+            await intent.answered(outcome)
+        except JournalError as exc:
+            # The task exists and is followed here all the same; only its record is missing.
+            log.error("task %s was created, but the journal could not record it (%s): it "
+                      "is followed by this process only", outcome.task_id, exc)
+    elif outcome is not None:
+        intent.failed(may_exist=verdict(outcome) is Resend.UNCERTAIN)
+
+
 class Submitter:
     """Sends submissions under the submission rate limit, re-sending per ``verdict``."""
 
@@ -111,27 +126,42 @@ class Submitter:
             await self._drained.wait()
 
     async def _carry(self, wire: _Wire, body: Mapping[str, Any], ticket: int,
-                     request: ImageRequest, handover: Handover) -> None:
+                     request: ImageRequest, handover: Handover, intent: Intent | None) -> None:
         """The POST itself, in a task of the client's: its caller cannot cut it."""
         if wire.left:  # the caller left before the POST started: nothing is sent
+            if intent is not None:
+                intent.failed(may_exist=False)
             handover.drop()
             return
         self.on_wire += 1
+        recorded = False
         try:
-            wire.outcome = read_submission(await self._post(IMAGES_PATH, body))
-            self.limiter.succeeded()
-        except RateLimitError as exc:
-            # Here, not in the caller's loop: the caller may have left, and the
-            # next submissions must pause all the same. The loop logs it.
-            await self.limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
-            wire.outcome = exc
-        except Exception as exc:
-            wire.outcome = exc
+            try:
+                wire.outcome = read_submission(await self._post(IMAGES_PATH, body))
+                self.limiter.succeeded()
+            except RateLimitError as exc:
+                # Here, not in the caller's loop: the caller may have left, and the
+                # next submissions must pause all the same. The loop logs it.
+                wire.outcome = exc
+                await self.limiter.penalize(exc.retry_after, anyio.current_time(), ticket)
+            except Exception as exc:
+                wire.outcome = exc
+            if intent is not None:
+                # Before anyone hears of the task: its id is durable first (shielded:
+                # a commit takes milliseconds, and a cut one would leave a task unrecorded).
+                recorded = True
+                with anyio.CancelScope(shield=True):
+                    await _record(intent, wire.outcome)
         except BaseException:  # the client's task group cut it (aclose ran out of time)
-            wire.outcome = SubmissionUncertainError(
-                "the client closed before the submission's answer came; a task may exist",
-                request=request,
-            )
+            if wire.outcome is None:
+                wire.outcome = SubmissionUncertainError(
+                    "the client closed before the submission's answer came; a task may exist",
+                    request=request,
+                )
+            outcome = wire.outcome
+            if intent is not None and not recorded and isinstance(outcome, BaseException):
+                intent.failed(may_exist=isinstance(outcome, SubmissionUncertainError)
+                              or verdict(outcome) is Resend.UNCERTAIN)
             raise
         finally:
             # The caller (or the handover) first: it is woken before aclose() is.
@@ -163,7 +193,7 @@ class Submitter:
 
     async def _once(
         self, request: ImageRequest, callback_url: str | None, deadline: float | None,
-        timeout: float | None, handover: Handover,
+        timeout: float | None, handover: Handover, intent: Intent | None,
     ) -> Submission:
         ticket = self.limiter.acquire_nowait(now())
         if ticket is None:
@@ -173,9 +203,16 @@ class Submitter:
                 raise TaskTimeoutError(None, timeout)
         if self.closing:
             raise ClientClosedError("the FluxClient was closed before the request was sent")
+        if intent is not None:
+            await intent.sending()  # the intent is durable before the POST goes out
         wire = _Wire()
         body = submit_body(request, callback_url=callback_url)
-        self._spawn(lambda: self._carry(wire, body, ticket, request, handover))
+        try:
+            self._spawn(lambda: self._carry(wire, body, ticket, request, handover, intent))
+        except BaseException:
+            if intent is not None:  # closing: nothing went out
+                intent.failed(may_exist=False)
+            raise
         try:
             await wire.done.wait()
         except BaseException:
@@ -192,7 +229,7 @@ class Submitter:
 
     async def submit(
         self, request: ImageRequest, callback_url: str | None, *, deadline: float | None,
-        timeout: float | None, handover: Handover,
+        timeout: float | None, handover: Handover, intent: Intent | None = None,
     ) -> Submission:
         """Send one paid submission; re-send it only as ``verdict`` allows.
 
@@ -207,7 +244,8 @@ class Submitter:
                 rate_limited_attempts=MAX_RATE_LIMIT_RETRIES + 1,
             ):
                 with attempt:
-                    return await self._once(request, callback_url, deadline, timeout, handover)
+                    return await self._once(request, callback_url, deadline, timeout, handover,
+                                            intent)
         except Exception as exc:
             if verdict(exc) is Resend.UNCERTAIN:
                 raise SubmissionUncertainError(
@@ -215,6 +253,7 @@ class Submitter:
                     "it was not re-sent, to avoid paying twice",
                     request=request,
                     trace_id=getattr(exc, "trace_id", None),
+                    idempotency_key=request.idempotency_key,
                 ) from exc
             raise
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

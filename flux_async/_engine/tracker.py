@@ -154,6 +154,7 @@ class Tracker:
         clock: Callable[[], float] = loop_time,
         schedule: Schedule | None = None,
         directory: Callable[[str, Followed | None], None] | None = None,
+        ended: Callable[[Followed], None] | None = None,
     ) -> None:
         self._give_back = give_back
         self._clock = clock
@@ -161,6 +162,8 @@ class Tracker:
         # Told (task id, the Followed) on entering FOLLOWED, (task id, None) on leaving;
         # None in-process, where nobody needs telling.
         self._directory = directory
+        # Told each settled task that has a journal entry (its outcome is recorded).
+        self._ended = ended
         self.listener: Listener | None = None
         self._followed: dict[str, Followed] = {}
         self.recent: OrderedDict[str, Task] = OrderedDict()
@@ -317,6 +320,11 @@ class Tracker:
 
     def _settle(self, followed: Followed, event: Event) -> None:
         self.move(followed, event)
+        if followed.entry is not None and self._ended is not None:
+            try:
+                self._ended(followed)
+            except Exception:  # the journal's record must not stop the waiters
+                log.exception("recording the end of task %s failed", followed.task_id)
         watches, followed.watches = followed.watches, None
         if not watches:
             return

@@ -500,19 +500,22 @@ class LocalFluxServer:
         assert self._session is not None
         assert task.callback_url is not None
         body = _dumps(task.final_body(self.url))
-        ok = False
-        try:
-            async with self._session.post(
-                task.callback_url, data=body, headers={"Content-Type": _JSON}
-            ) as response:
-                await response.read()
-                ok = 200 <= response.status < 300
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        for attempt in range(self.settings.callback_attempts):
+            if attempt:
+                await asyncio.sleep(self.settings.callback_retry_delay)
             ok = False
-        if ok:
-            self.stats.callbacks_sent += 1
-        else:
-            self.stats.callbacks_failed += 1
+            try:
+                async with self._session.post(
+                    task.callback_url, data=body, headers={"Content-Type": _JSON}
+                ) as response:
+                    await response.read()
+                    ok = 200 <= response.status < 300
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+                ok = False
+            if ok:
+                self.stats.callbacks_sent += 1
+                return
+        self.stats.callbacks_failed += 1
 
     async def _wait_finished(self, task: Task) -> bool:
         """Wait until ``task`` ends; False if the server closes first."""

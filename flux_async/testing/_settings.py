@@ -15,6 +15,9 @@ The loopback is kinder than any real network, so some knobs make it less kind:
 * ``visibility_delay``: for that many seconds after creation a task is unknown to
   ``/flux/tasks`` (404 ``not_found``; left out of ``retrieve_batch``), as the real
   service's task store lags its submission endpoint.
+* ``callback_attempts`` / ``callback_retry_delay``: a callback whose POST fails
+  (nobody listening, a 5xx) is sent again, up to that many times in all; the
+  vendor documents no retry, so the default (1) sends it once.
 * ``submit_answer_delay``: seconds between creating a task and answering its async
   or callback submission; a client that gives up meanwhile leaves a task that runs
   (and would be billed). ``ServerStats.unanswered`` lists such tasks.
@@ -215,6 +218,12 @@ class ServerSettings:
     pending_shapes: PendingShape = field(default="all", validator=_one_of(*get_args(PendingShape)))
     status_words: bool = field(default=False, validator=attrs.validators.instance_of(bool))
     callback_drop_rate: float = field(default=0.0, validator=_share)
+    # A callback POST that fails (refused, 5xx, no answer) is tried this many times
+    # in all, ``callback_retry_delay`` s apart, as webhook senders commonly do.
+    callback_attempts: int = field(
+        default=1, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)]
+    )
+    callback_retry_delay: float = field(default=1.0, validator=_non_negative)
     faults: dict[str, Faults] = field(factory=dict, validator=_faults_map)
     seed: int | None = field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int))
