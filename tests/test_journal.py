@@ -87,7 +87,7 @@ async def test_a_key_names_a_failure_too_and_a_refusal_frees_it() -> None:
             assert server.stats.tasks_created == 1
             # A refused submission created nothing: the key is free for the same request.
             server.set_token_state(server.token, "used_up")
-            with pytest.raises(Exception, match=r"used_up|balance"):
+            with pytest.raises(InsufficientBalanceError):
                 await client.generate("refused", idempotency_key="r")
             server.set_token_state(server.token, "ok")
             server.settings.failure_rate = 0.0
