@@ -255,8 +255,7 @@ class Intent:
         self.sent = True
 
     async def answered(self, submission: Submission) -> None:
-        task = task_of(submission)
-        outcome = None if submission.result is None else outcome_body(task)
+        outcome = None if submission.result is None else outcome_body(task_of(submission))
         await self.journal.answered(self.entry, submission.task_id, outcome)
 
     def failed(self, *, may_exist: bool) -> None:
