@@ -2,7 +2,8 @@
 
 ``python -m tests.journal_worker MODE ...``:
 
-``keyed``: one keyed ``generate``; prints ``{"task_id": ...}`` or ``{"error": ...}``.
+``keyed``: one keyed ``generate``; prints ``{"task_id": ...}`` or ``{"error": ...}``
+(with ``--journal PATH``, or ``--redis URL``: a fleet's coordinator keeps the keys).
 
 ``job``: N keyed generations through ``map``, with a callback receiver on a fixed
 port, as a job that is killed and restarted would run. Its own ledger (``--out``,
@@ -56,9 +57,14 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 async def keyed(args: argparse.Namespace) -> None:
+    where: dict[str, Any] = {"journal": args.journal}
+    if args.redis:  # the fleet's Redis holds the keys: no journal file
+        from flux_async.redis import RedisCoordinator
+
+        where = {"coordinator": RedisCoordinator.from_url(args.redis, lease=2.0)}
     try:
-        async with FluxClient(args.token, base_url=args.url, journal=args.journal,
-                              poll_interval=0.05, submit_rate=None, query_rate=None) as client:
+        async with FluxClient(args.token, base_url=args.url, poll_interval=0.05,
+                              submit_rate=None, query_rate=None, **where) as client:
             result = await client.generate(args.prompt, idempotency_key=args.key)
     except Exception as exc:  # reported to the test, whatever it is
         print(json.dumps({"error": type(exc).__name__, "message": str(exc)}), flush=True)
@@ -132,7 +138,8 @@ def main() -> None:
     parser.add_argument("mode", choices=["keyed", "job"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--token", required=True)
-    parser.add_argument("--journal", required=True)
+    parser.add_argument("--journal", default=None)
+    parser.add_argument("--redis", default=None)
     parser.add_argument("--key", default="k")
     parser.add_argument("--prompt", default="a cat")
     parser.add_argument("--out", default="")

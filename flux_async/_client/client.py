@@ -110,7 +110,9 @@ class FluxClient(FileMethods):
       then its task id (before anyone is handed it), then its outcome. A client
       opening a journal follows the tasks an ended process left running and
       reports the submissions it left of unknown fate; nothing is sent again.
-      None: idempotency keys are kept in memory, for this process only.
+      None: a shared coordinator's (a ``RedisCoordinator`` keeps keys in Redis: a
+      key used in two processes pays once), else idempotency keys are kept in
+      memory, for this process only.
       ``JournalError`` if it cannot be opened or written, before anything is paid.
 
     Every request may carry an ``idempotency_key`` (``generate``, ``edit``,
@@ -187,9 +189,10 @@ class FluxClient(FileMethods):
         self._backoff = backoff = Backoff(base=s.retry_backoff, cap=max(16.0, s.retry_backoff))
         self._uploader = Uploader(self.upload_url, attempts=s.max_retries, backoff=backoff,
                                   request_timeout=s.request_timeout)
+        coordinator = coordinator if coordinator is not None else LocalCoordinator()
         self._parts = parts = Parts(
-            s, coordinator if coordinator is not None else LocalCoordinator(),
-            self._link.post, self._life.spawn, self._callbacks, backoff, journal_for(journal))
+            s, coordinator, self._link.post, self._life.spawn, self._callbacks, backoff,
+            journal_for(journal, coordinator.journal))
         self._tracker, self._poller = parts.tracker, parts.poller
         self._on_recovered = on_recovered
 

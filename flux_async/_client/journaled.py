@@ -29,10 +29,15 @@ _SEAM = ("open", "close", "claim", "lookup", "sending", "answered", "unsent", "u
          "dropped", "ended", "by_nonce", "matched", "noted", "release")
 
 
-def journal_for(journal: str | os.PathLike[str] | Journal | None) -> Journal:
-    """The journal ``FluxClient(journal=...)`` asks for (None: keys in memory only)."""
+def journal_for(journal: str | os.PathLike[str] | Journal | None,
+                shared: Journal | None = None) -> Journal:
+    """The journal ``FluxClient(journal=...)`` asks for.
+
+    None: the coordinator's (``shared``: a fleet's keys in Redis), else keys in
+    memory only.
+    """
     if journal is None:
-        return MemoryJournal()
+        return shared if shared is not None else MemoryJournal()
     if isinstance(journal, (str, os.PathLike)):
         if not os.fspath(journal):
             raise ConfigurationError("must be a path or a Journal, got ''", field="journal")

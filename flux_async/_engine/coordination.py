@@ -29,6 +29,7 @@ import anyio
 
 from .._core.callbacks import CallbackVerdict
 from .._core.limits import Backoff, RateLimiter
+from .journal import Journal
 
 __all__ = [
     "Coordinator",
@@ -191,6 +192,11 @@ class Coordinator(Protocol):
     @property
     def directory(self) -> TaskDirectory: ...
 
+    @property
+    def journal(self) -> Journal | None:
+        """Where a fleet keeps idempotency keys (used when the client is given none)."""
+        ...
+
     async def start(self, client: Served) -> None:
         """First use: connect, subscribe, start lease renewal (the client calls it once)."""
         ...
@@ -269,6 +275,10 @@ class LocalCoordinator:
     @property
     def directory(self) -> LocalDirectory:
         return self._directory
+
+    @property
+    def journal(self) -> None:
+        return None  # the client's own (by default, keys in memory)
 
     async def start(self, client: Served) -> None:
         return None

@@ -40,6 +40,7 @@ from .._core.settings import API_KEY_ENV, Credential, check_api_key
 from .._engine.coordination import Coordinator, Served
 from ._bus import Subscription
 from ._directory import Orphan, RedisDirectory
+from ._keys import RedisJournal
 from ._names import (
     NAMESPACE_LABEL,
     check_namespace,
@@ -119,6 +120,7 @@ class RedisCoordinator:
         self._slots: RedisSlots | None = None
         self._gates: dict[str, RedisRateGate] = {}
         self._directory = RedisDirectory(self)
+        self._journal = RedisJournal(self)
         self._start_lock = anyio.Lock()
         self._renewing = anyio.Lock()
         self._running = False
@@ -190,6 +192,11 @@ class RedisCoordinator:
     @property
     def directory(self) -> RedisDirectory:
         return self._directory
+
+    @property
+    def journal(self) -> RedisJournal:
+        """The fleet's idempotency keys: a key used in two processes pays once."""
+        return self._journal
 
     async def start(self, client: Served | None = None) -> None:
         """Connect, subscribe and start the renewal loop (once; later calls return).

@@ -4,6 +4,10 @@ in-flight limit: the shared slots keep them under it, so the service never says 
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,6 +26,7 @@ from .conftest import until
 
 pytestmark = pytest.mark.anyio
 
+ROOT = Path(__file__).resolve().parents[2]
 CAPACITY = 3
 SECRET = "the-fleet's-callback-secret"
 JOBS = 12  # per client
@@ -267,3 +272,23 @@ async def test_a_callback_whose_process_died_before_recording_it_is_unclaimed(
     assert (verdict.status, verdict.kind) == (404, "unclaimed")
     assert verdict.task is not None
     assert verdict.task.id == "t-gone"
+
+
+async def test_four_processes_with_one_key_pay_once_through_the_fleets_redis(
+    redis_url: str,
+) -> None:
+    settings = ServerSettings(generation_time=1.0, submit_answer_delay=0.2)
+    async with LocalFluxServer(settings) as server:
+        processes = [await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.journal_worker", "keyed", "--url", server.url,
+            "--token", server.token, "--redis", redis_url, "--key", "order-9",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE) for _ in range(4)]
+        answers = []
+        for process in processes:
+            out, err = await process.communicate()
+            assert process.returncode == 0, err.decode()
+            answers.append(json.loads(out.decode().splitlines()[-1]))
+        assert len({answer.get("task_id") for answer in answers}) == 1, answers
+        assert server.stats.tasks_created == 1
+        assert server.stats.requests["images"] == 1
