@@ -98,6 +98,8 @@ class FluxClient:
         callback_secret: str | None = None,
         upload_url: str | None = None,
         not_found_grace: float = 300.0,
+        download_guard: bool = True,
+        download_allow: Iterable[str] = (),
     ) -> None:
         # A closure, not stored arguments: no repr ever shows the key. Kept to build
         # the client again in a forked child.
@@ -111,7 +113,8 @@ class FluxClient:
                 resend_uncertain=resend_uncertain, callback_url=callback_url,
                 callback_poll_interval=callback_poll_interval,
                 callback_secret=callback_secret, upload_url=upload_url,
-                not_found_grace=not_found_grace,
+                not_found_grace=not_found_grace, download_guard=download_guard,
+                download_allow=download_allow,
             )
 
         self._make = make

@@ -39,7 +39,8 @@ FAST = ["--local-generation-time", "0.05,0.2", "--poll-interval", "0.05", "--rat
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL", "COLUMNS")}
+           if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL", "COLUMNS",
+                        "FLUX_ASYNC_DOWNLOAD_ALLOW")}
     # A relative PYTHONPATH (the documented `PYTHONPATH=.`) names another directory
     # once a CLI runs with cwd=tmp_path, which then tests the installed package.
     paths = env.get("PYTHONPATH", "").split(os.pathsep)
@@ -108,7 +109,9 @@ class Server:
     token: str
 
     def env(self) -> dict[str, str]:
-        return _env(ACEDATACLOUD_API_TOKEN=self.token, FLUX_ASYNC_BASE_URL=self.url)
+        # As `flux-async serve` says: its images are on the loopback, allowed explicitly.
+        return _env(ACEDATACLOUD_API_TOKEN=self.token, FLUX_ASYNC_BASE_URL=self.url,
+                    FLUX_ASYNC_DOWNLOAD_ALLOW=self.url)
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_local/stats", timeout=5) as answer:

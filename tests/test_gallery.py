@@ -255,7 +255,8 @@ async def test_a_page_that_cannot_be_written_does_not_stop_the_job(tmp_path: Pat
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL")}
+           if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL",
+                        "FLUX_ASYNC_DOWNLOAD_ALLOW")}
     env.update(extra)
     return env
 
@@ -280,7 +281,8 @@ def server() -> Iterator[dict[str, str]]:
         line = process.stdout.readline()
         found = re.search(r"listening on (\S+) token=(\S+)", line)
         assert found, line
-        yield _env(FLUX_ASYNC_BASE_URL=found.group(1), ACEDATACLOUD_API_TOKEN=found.group(2))
+        yield _env(FLUX_ASYNC_BASE_URL=found.group(1), ACEDATACLOUD_API_TOKEN=found.group(2),
+                   FLUX_ASYNC_DOWNLOAD_ALLOW=found.group(1))
     finally:
         process.send_signal(signal.SIGINT)
         try:

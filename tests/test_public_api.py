@@ -19,6 +19,8 @@ EXPECTED = {
     # web servers: callbacks and downloads
     "CallbackVerdict", "DownloadError", "DownloadTimeoutError", "ImageTooLargeError",
     "NotAnImageError",
+    # downloads refused: the download guard's address, a redirect out of http(s)
+    "BlockedAddressError", "DownloadRedirectError",
     # errors that end the wait for one task, naming it
     "TaskAuthenticationError", "TaskClosedError", "TaskForbiddenError",
     "TaskInsufficientBalanceError",

@@ -87,6 +87,8 @@ class FluxClient(FileMethods):
     ``client.settings`` is the resulting frozen value. Besides them:
 
     - ``session``: an ``aiohttp.ClientSession`` to use; the client leaves it open.
+      Downloads use it only with ``download_guard=False``: the guard needs a
+      connector of its own, which checks every address it connects to.
     - ``coordinator``: where the token's limits are kept (slots, both rates and
       their 429 pause, who follows which task). None: in this process. A shared
       one (``flux_async.redis.RedisCoordinator``) keeps them across processes;
@@ -130,6 +132,8 @@ class FluxClient(FileMethods):
         not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
         coordinator: Coordinator | None = None,
         on_recovered: RecoveredHook | None = None,
+        download_guard: bool = True,
+        download_allow: Iterable[str] = (),
     ) -> None:
         source = "api_key" if api_key is not None else f"${API_KEY_ENV}"
         api_key = check_api_key(
@@ -148,7 +152,8 @@ class FluxClient(FileMethods):
             retry_backoff=retry_backoff, resend_uncertain=resend_uncertain,
             callback_url=callback_url, callback_poll_interval=callback_poll_interval,
             callback_secret=callback_secret, upload_url=upload_url,
-            not_found_grace=not_found_grace,
+            not_found_grace=not_found_grace, download_guard=download_guard,
+            download_allow=download_allow,
         )
         self.base_url, self.max_concurrency, self.timeout = s.base_url, s.max_concurrency, s.timeout
         self.max_retries, self.resend_uncertain = s.max_retries, s.resend_uncertain
@@ -157,7 +162,8 @@ class FluxClient(FileMethods):
         self.upload_url = upload_url_for(s.upload_url, self.base_url)
         self._life = Lifecycle()
         # The key lives only inside the link's headers, which nothing prints.
-        self._link = Link(self.base_url, api_key, session, request_timeout=s.request_timeout)
+        self._link = Link(self.base_url, api_key, session, request_timeout=s.request_timeout,
+                          guard=s.guard)
         # Holds the callback secret; its repr hides it.
         self._callbacks = CallbackBook(s.callback_secret)
         self._backoff = backoff = Backoff(base=s.retry_backoff, cap=max(16.0, s.retry_backoff))

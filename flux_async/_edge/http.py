@@ -139,7 +139,11 @@ def translate(exc: BaseException, url: str) -> Exception | None:
     error): it is left to propagate as it is.
     """
     where = shown(url)
-    if isinstance(exc, (aiohttp.InvalidUrlRedirectClientError, aiohttp.TooManyRedirects)):
+    if isinstance(exc, aiohttp.NonHttpUrlRedirectClientError):
+        # Before InvalidURL and ClientError: a redirect to file:// is no connection failure.
+        return RedirectError(
+            f"{where} redirected to a URL that is not http(s); the first request went out")
+    if isinstance(exc, (aiohttp.RedirectClientError, aiohttp.TooManyRedirects)):
         return RedirectError(f"{where}: {type(exc).__name__}; the first request went out")
     if isinstance(exc, aiohttp.InvalidURL):
         # Refused before connecting (aiohttp's check is stricter than ours).
@@ -195,13 +199,15 @@ class request:  # lower case: used like aiohttp's own ``session.request``
         headers: Mapping[str, str] | None = None,
         data: bytes | None = None,
         timeout: aiohttp.ClientTimeout,
+        allow_redirects: bool = True,
     ) -> None:
         self._url = url
         refusal = _refusal(url, headers)
         if refusal is not None:
             raise refusal
         # Nothing is built or sent until ``__aenter__``.
-        self._call = session.request(method, url, headers=headers, data=data, timeout=timeout)
+        self._call = session.request(method, url, headers=headers, data=data, timeout=timeout,
+                                     allow_redirects=allow_redirects)
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         try:
