@@ -57,6 +57,7 @@ from ._core.errors import (
     ValidationError,
 )
 from ._core.models import (
+    MAX_PROMPT_CHARS,
     EditRequest,
     GenerateRequest,
     Image,
@@ -99,6 +100,7 @@ __all__ = [
     "ImageTooLargeError",
     "InsufficientBalanceError",
     "LocalImage",
+    "MAX_PROMPT_CHARS",
     "MapEvent",
     "MapProgress",
     "NetworkError",

@@ -421,6 +421,43 @@ def test_jsonl_lines_with_their_own_fields_and_a_malformed_line(tmp_path: Path) 
     assert "2 failed (invalid_input 2)" in result.stdout
 
 
+def test_a_10_mb_prompt_is_invalid_input_and_sends_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    huge = "a cat" * 2_000_000  # 10 MB on one line: a pasted document, a binary file
+    source = prompts_file(tmp_path, ["a red fox", huge, "a blue whale"])
+    out = tmp_path / "out"
+    before = server.stats()
+    result = cli("batch", str(source), "--out", str(out), *FAST[2:], env=server.env())
+    no_traceback(result)
+    assert result.returncode == 1  # a line failed: the batch's own rule
+    assert f"{source}:2: prompt: is 10,000,000 characters long; at most 32,000" in result.stderr
+    records = manifest(out)
+    assert {n: r["status"] for n, r in records.items()} == {1: "done", 2: "invalid", 3: "done"}
+    assert records[2]["reason"] == "invalid_input"
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert all(len(line.encode()) < 1024 for line in lines), max(map(len, lines))
+    assert (out / "index.html").stat().st_size < 50_000  # the page does not carry it either
+    assert "invalid_input 1" in result.stdout
+    after = server.stats()
+    assert after["tasks_created"] - before["tasks_created"] == 2  # the two valid lines
+    assert set(after["statuses"]) <= {"200"}  # no 413, no 400: nothing refused upstream
+
+
+def test_a_too_long_prompt_or_a_path_as_model_is_refused_with_exit_status_2(
+    server: Server, tmp_path: Path
+) -> None:
+    long = "a white siamese cat " * 2_000  # 40,000 characters: still fits on a command line
+    for args in (["generate", long], ["generate", "a cat", "--model", "../../x"],
+                 ["edit", long, "--image-url", "https://example.com/cat.png"]):
+        result = cli(*args, "--out", str(tmp_path), env=server.env())
+        no_traceback(result)
+        assert result.returncode == 2, (args[:1], result.stderr[:300])
+        assert result.stderr.startswith("flux-async: error: "), result.stderr[:300]
+        assert len(result.stderr) < 300  # the prompt is not echoed back
+    assert server.stats()["requests"] == {}  # not one request of any kind
+
+
 def test_standard_input(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = cli("batch", "-", "--out", str(out), "--local", "--json", *FAST,

@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 
+from flux_async._core.models import MAX_PROMPT_CHARS
 from flux_async.cli._batch import BatchJob
-from flux_async.cli._gallery import LiveGallery, live_records, render, write_page
+from flux_async.cli._gallery import PROMPT_SHOWN, LiveGallery, live_records, render, write_page
 from flux_async.cli._input import Defaults, parse_lines
 from flux_async.cli._ledger import Ledger, Record
 from flux_async.cli._progress import Counts
@@ -96,6 +97,23 @@ def test_every_user_string_is_escaped() -> None:
     assert all(t and re.fullmatch(r"[A-Za-z0-9%._~-]+", t) for t in targets), targets
     assert all(a["loading"] == "lazy" for a in page.all("img"))
     assert page.all("img")[0]["alt"] == EVIL
+
+
+def test_a_long_prompt_is_shown_shortened() -> None:
+    prompt = "a very detailed prompt " + "and more words " * 2_130  # 31,973 characters
+    assert len(prompt) <= MAX_PROMPT_CHARS
+    files = [f"long-{i}.png" for i in range(4)]
+    text = render([_record(1, "done", prompt, files=files), _record(2, "failed", prompt)],
+                  title="out", state="finished", updated="now")
+    assert len(text) < 15_000  # not 2 cards x 6 copies of 32,000 characters
+    page = Page(text)
+    shown = prompt[:PROMPT_SHOWN].rstrip() + "…"
+    assert [a["alt"] for a in page.all("img")] == [shown] * 4
+    assert [a["title"] for a in page.all("p") if a.get("class") == "prompt"] == [shown] * 2
+    assert "".join(page.text).count(shown) == 2
+    short = render([_record(1, "done", "a cat", files=files)], title="o", state="finished",
+                   updated="")
+    assert "…" not in short  # short prompts are shown whole
 
 
 def test_totals_statuses_and_refresh() -> None:

@@ -21,6 +21,8 @@ EXPECTED = {
     "NotAnImageError",
     # downloads refused: the download guard's address, a redirect out of http(s)
     "BlockedAddressError", "DownloadRedirectError",
+    # the longest prompt a request takes (a web form can check with the same number)
+    "MAX_PROMPT_CHARS",
     # errors that end the wait for one task, naming it
     "TaskAuthenticationError", "TaskClosedError", "TaskForbiddenError",
     "TaskInsufficientBalanceError",
