@@ -444,6 +444,46 @@ def test_a_10_mb_prompt_is_invalid_input_and_sends_nothing(
     assert set(after["statuses"]) <= {"200"}  # no 413, no 400: nothing refused upstream
 
 
+def test_serves_hint_lets_downloads_reach_it_and_nothing_else_does(tmp_path: Path) -> None:
+    """``flux-async serve`` prints the environment to use it; downloads from its
+    loopback address need the allow it prints (or --download-allow): never implied."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flux_async", "serve", "--port", "0",
+         "--generation-time", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        url = re.search(r"listening on (\S+) ", process.stdout.readline())
+        assert url is not None
+        hint = ""
+        while "Ctrl-C" not in hint:
+            hint += process.stderr.readline()
+        exported = re.search(r"export (.+)", hint)
+        assert exported is not None, hint
+        printed = dict(word.split("=", 1) for word in shlex.split(exported.group(1)))
+        assert printed["FLUX_ASYNC_DOWNLOAD_ALLOW"] == url.group(1)
+        args = ["generate", "a cat", "--out", str(tmp_path), "--poll-interval", "0.05"]
+        done = cli(*args, env=_env(**printed))
+        assert done.returncode == 0, done.stderr
+        without = {k: v for k, v in printed.items() if k != "FLUX_ASYNC_DOWNLOAD_ALLOW"}
+        refused = cli(*args, env=_env(**without))
+        no_traceback(refused)
+        assert refused.returncode == 1
+        assert "a loopback address: refused by the download guard" in refused.stderr
+        by_option = cli(*args, "--download-allow", url.group(1), env=_env(**without))
+        assert by_option.returncode == 0, by_option.stderr
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        finally:
+            process.kill()
+            process.communicate()
+    assert len(list(tmp_path.glob("*.png"))) == 2  # nothing of the refused run was kept
+
+
 def test_a_too_long_prompt_or_a_path_as_model_is_refused_with_exit_status_2(
     server: Server, tmp_path: Path
 ) -> None:

@@ -234,6 +234,22 @@ async def test_the_guard_is_on_by_default(tmp_path: Path) -> None:
     assert files(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    ["localhost", "0.0.0.0", "[::ffff:127.0.0.1]", "[0:0:0:0:0:ffff:7f00:1]", "[::1]",
+     # Numeric forms that some resolvers read as 127.0.0.1 and some refuse: either way,
+     # nothing reaches the loopback.
+     "2130706433", "0x7f000001", "127.1", "0", "017700000001"],
+)
+async def test_every_spelling_of_the_loopback_is_refused(spelling: str) -> None:
+    async with host(lambda base: {"/x.png": image(PNG)}) as (base, hits):
+        port = base.rsplit(":", 1)[1]
+        async with FluxClient("k", base_url=base) as client:
+            with pytest.raises(DownloadError):
+                await client.fetch_image(f"http://{spelling}:{port}/x.png")
+    assert hits == {}
+
+
 async def test_allowed_redirects_are_followed_and_each_hop_is_checked(tmp_path: Path) -> None:
     async with host(lambda base: {
         "/a.png": redirect("/b.png", 301),  # relative, as most servers send them

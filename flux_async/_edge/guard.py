@@ -76,7 +76,7 @@ def check_literal(guard: DownloadGuard, url: str) -> None:
     port = parts.port or default_port(parts.scheme)
     why = guard.refusal(address, port)
     if why is not None:
-        raise AddressRefused(host, str(address), port, why)
+        raise AddressRefused(str(address), str(address), port, why)
 
 
 class GuardedResolver(AbstractResolver):
