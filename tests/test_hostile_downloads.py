@@ -286,7 +286,7 @@ async def test_a_redirect_out_of_http_fails_at_once(tmp_path: Path, to: str) -> 
     assert isinstance(error, DownloadError)
     assert isinstance(error, RedirectError)
     assert isinstance(error, NetworkError)
-    assert "not an http(s) URL" in str(error)
+    assert "not a usable http(s) URL; not followed" in str(error)
     assert error.status == 302
     assert hits == {"/x.png": 1}
     assert files(tmp_path) == []

@@ -115,9 +115,10 @@ def size_problem(model: str | None, size: str, *, action: str = "generate") -> s
 
 #: The longest prompt a request takes, in characters (code points). The vendor
 #: documents no limit, so this is the client's own, generous on purpose: FLUX.1's
-#: text encoder reads 512 tokens (some 2,000 characters of English) and FLUX.2's a
-#: few thousand, while a detailed structured prompt fits many times over. What it
-#: stops is a pasted document or a binary file sent (and perhaps billed) as a prompt.
+#: text encoder reads 512 tokens (some 2,000 characters of English), and the most
+#: detailed structured prompts for newer models run to a few thousand characters;
+#: those fit many times over. What it stops is a pasted document or a binary file
+#: sent (and perhaps billed) as a prompt. The local server enforces the same.
 MAX_PROMPT_CHARS = 32_000
 
 # What every model name looks like ("flux-dev", "flux-pro-1.1-ultra", "flux-2-klein"):

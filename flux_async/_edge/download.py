@@ -203,7 +203,7 @@ def _next_hop(url: str, current: str, response: aiohttp.ClientResponse) -> str:
         # file:, ftp:, data:... or garbage: no retry can make it an image URL.
         shown = http.shown(target)
         raise DownloadRedirectError(
-            f"{url} redirected to {shown[:200]!r}, not an http(s) URL; not followed",
+            f"{url} redirected to {shown[:200]!r}, not a usable http(s) URL; not followed",
             url=url, status=status,
         )
     return target

@@ -12,7 +12,9 @@ Two failures are the same on every try, and say so by their class so that no
 retry table waits out a backoff on them: ``UnusableURLError`` (a
 ``ConnectError``: the URL cannot be sent to; nothing was sent) and
 ``RedirectError`` (a ``NetworkError``: a redirect loop or a redirect to a URL
-that cannot be used; the first request did go out).
+that cannot be used, ``file:`` included; the first request did go out).
+Downloads follow their redirects themselves (``request(allow_redirects=False)``)
+to check every hop; see ``download``.
 
 Only the network's own operations are translated: opening a request
 (``request``), reading an answer whole (``read_whole``) and the pieces of a
