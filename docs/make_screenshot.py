@@ -35,7 +35,8 @@ FLAGS = [
 
 def run_batch(out: Path) -> None:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL")}
+           if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL",
+                        "FLUX_ASYNC_DOWNLOAD_ALLOW")}
     server = subprocess.Popen(
         [sys.executable, "-m", "flux_async", "serve", "--port", "0", "--failure-rate", "0.12",
          "--seed", "3", "--generation-time", "0.2,0.8"],
@@ -45,7 +46,9 @@ def run_batch(out: Path) -> None:
         assert server.stdout is not None
         found = re.search(r"listening on (\S+) token=(\S+)", server.stdout.readline())
         assert found, "the local server did not start"
-        env.update(FLUX_ASYNC_BASE_URL=found.group(1), ACEDATACLOUD_API_TOKEN=found.group(2))
+        # Its images are on the loopback: allowed explicitly, as `serve` prints.
+        env.update(FLUX_ASYNC_BASE_URL=found.group(1), ACEDATACLOUD_API_TOKEN=found.group(2),
+                   FLUX_ASYNC_DOWNLOAD_ALLOW=found.group(1))
         subprocess.run(
             [sys.executable, "-m", "flux_async", "batch", "examples/prompts.txt",
              "--out", str(out), "--rate", "0", "--poll-interval", "0.2", "-q"],

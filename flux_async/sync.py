@@ -99,6 +99,8 @@ class FluxClient:
         callback_secret: str | None = None,
         upload_url: str | None = None,
         not_found_grace: float = 300.0,
+        download_guard: bool = True,
+        download_allow: Iterable[str] = (),
         journal: str | os.PathLike[str] | Journal | None = None,
         key_retention: float = 86400.0,
     ) -> None:
@@ -114,7 +116,9 @@ class FluxClient:
                 resend_uncertain=resend_uncertain, callback_url=callback_url,
                 callback_poll_interval=callback_poll_interval,
                 callback_secret=callback_secret, upload_url=upload_url,
-                not_found_grace=not_found_grace, journal=journal, key_retention=key_retention,
+                not_found_grace=not_found_grace, download_guard=download_guard,
+                download_allow=download_allow, journal=journal,
+                key_retention=key_retention,
             )
 
         self._make = make

@@ -32,7 +32,12 @@ def anyio_backend() -> str:
 
 
 def client_for(server: LocalFluxServer, **settings: Any) -> FluxClient:
-    """A client of ``server``; fast polling unless the test says otherwise."""
+    """A client of ``server``; fast polling unless the test says otherwise.
+
+    Its downloads may reach ``server`` (and only it) on the loopback: the
+    download guard refuses loopback addresses unless told.
+    """
+    settings.setdefault("download_allow", [server.url])
     settings.setdefault("poll_interval", 0.05)
     settings.setdefault("busy_poll_interval", 0.02)
     settings.setdefault("submit_rate", None)

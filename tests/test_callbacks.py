@@ -15,7 +15,14 @@ import anyio
 import pytest
 from aiohttp import web
 
-from flux_async import FluxClient, GenerateRequest, Task, TaskFailedError, TaskStatus
+from flux_async import (
+    BlockedAddressError,
+    FluxClient,
+    GenerateRequest,
+    Task,
+    TaskFailedError,
+    TaskStatus,
+)
 from flux_async._client.receiver import Receiver
 from flux_async.testing import Faults, LocalFluxServer, ServerSettings
 from flux_async.web import (
@@ -173,6 +180,7 @@ FORGERIES: dict[str, tuple[Forgery, int]] = {
                            + [b" " * 65536] * 5 + [b"}"]), 413
     ),
     "not JSON": (lambda t, o, tid: (t, b"<html>hello</html>"), 400),
+    "nested too deeply": (lambda t, o, tid: (t, b"[" * 100_000 + b"]" * 100_000), 400),
     "wrong shape: no success": (lambda t, o, tid: (t, {"task_id": tid, "data": []}), 400),
     "wrong shape: data": (
         lambda t, o, tid: (t, {"success": True, "task_id": tid, "data": "x.png"}), 400
@@ -219,6 +227,60 @@ async def test_a_forged_callback_changes_nothing(kind: str) -> None:
     async with LocalFluxServer(ServerSettings(generation_time=60.0, seed=14)) as server:
         async with receiving(server) as (client, receiver, sent):
             await forge(kind, server, client, receiver, sent.urls)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "the body is nested too deeply"),
+        (b'{"success": ' * 20_000 + b"true" + b"}" * 20_000, "the body is nested too deeply"),
+        (b"[" * 100_000, "the body is nested too deeply"),  # not even closed: still too deep
+        (b"<html>hello</html>", "the body is not JSON"),
+    ],
+)
+async def test_a_body_nested_too_deeply_is_answered_so(body: bytes, reason: str) -> None:
+    async with LocalFluxServer(ServerSettings(generation_time=60.0, seed=17)) as server:
+        async with receiving(server) as (client, receiver, sent):
+            await client.submit(GenerateRequest("target"))
+            async with aiohttp.ClientSession() as session:
+                async with session.post(sent.urls["target"], data=body) as response:
+                    answer = await response.json()
+                    assert response.status == 400
+            assert answer == {"ok": False, "result": "rejected", "reason": reason}
+            assert receiver.counts["rejected"] == 1
+            assert client.in_flight == 1
+
+
+async def test_a_callbacks_image_url_cannot_reach_into_the_network(tmp_path: Any) -> None:
+    """A result that came by callback (its only proof, a token in a URL that may have
+    leaked) names an image on the machine's own network: downloading it is refused."""
+    hits: list[str] = []
+
+    async def secret(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(body=b"\x89PNG\r\n\x1a\n" + b"\0" * 64, content_type="image/png")
+
+    inside = web.Application()
+    inside.router.add_get("/admin/backup.png", secret)
+    async with serve(inside) as internal, LocalFluxServer(
+        ServerSettings(generation_time=60.0, seed=18)
+    ) as server:
+        # client_for lets downloads reach the local API server's port, and only it.
+        async with receiving(server) as (client, _, sent):
+            task = await client.submit(GenerateRequest("target"))
+            body = _body(task.id, "target", url=f"{internal}/admin/backup.png")
+            async with aiohttp.ClientSession() as session:
+                async with session.post(sent.urls["target"], json=body) as response:
+                    assert response.status == 200
+            result = await client.wait(task, timeout=10)
+            assert result.urls == [f"{internal}/admin/backup.png"]
+            with pytest.raises(BlockedAddressError) as info:
+                await client.download(result, tmp_path)
+            with pytest.raises(BlockedAddressError):
+                await client.fetch_image(result.images[0])
+    assert info.value.reason == "loopback"
+    assert hits == []
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_task_submitted_without_a_callback_refuses_one() -> None:

@@ -39,7 +39,8 @@ FAST = ["--local-generation-time", "0.05,0.2", "--poll-interval", "0.05", "--rat
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL", "COLUMNS")}
+           if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL", "COLUMNS",
+                        "FLUX_ASYNC_DOWNLOAD_ALLOW")}
     # A relative PYTHONPATH (the documented `PYTHONPATH=.`) names another directory
     # once a CLI runs with cwd=tmp_path, which then tests the installed package.
     paths = env.get("PYTHONPATH", "").split(os.pathsep)
@@ -108,7 +109,9 @@ class Server:
     token: str
 
     def env(self) -> dict[str, str]:
-        return _env(ACEDATACLOUD_API_TOKEN=self.token, FLUX_ASYNC_BASE_URL=self.url)
+        # As `flux-async serve` says: its images are on the loopback, allowed explicitly.
+        return _env(ACEDATACLOUD_API_TOKEN=self.token, FLUX_ASYNC_BASE_URL=self.url,
+                    FLUX_ASYNC_DOWNLOAD_ALLOW=self.url)
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_local/stats", timeout=5) as answer:
@@ -416,6 +419,83 @@ def test_jsonl_lines_with_their_own_fields_and_a_malformed_line(tmp_path: Path) 
     assert records[3]["request"]["action"] == "edit"
     assert records[6]["request"]["model"] == "flux-pro-1.1-ultra"
     assert "2 failed (invalid_input 2)" in result.stdout
+
+
+def test_a_10_mb_prompt_is_invalid_input_and_sends_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    huge = "a cat" * 2_000_000  # 10 MB on one line: a pasted document, a binary file
+    source = prompts_file(tmp_path, ["a red fox", huge, "a blue whale"])
+    out = tmp_path / "out"
+    before = server.stats()
+    result = cli("batch", str(source), "--out", str(out), *FAST[2:], env=server.env())
+    no_traceback(result)
+    assert result.returncode == 1  # a line failed: the batch's own rule
+    assert f"{source}:2: prompt: is 10,000,000 characters long; at most 32,000" in result.stderr
+    records = manifest(out)
+    assert {n: r["status"] for n, r in records.items()} == {1: "done", 2: "invalid", 3: "done"}
+    assert records[2]["reason"] == "invalid_input"
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert all(len(line.encode()) < 1024 for line in lines), max(map(len, lines))
+    assert (out / "index.html").stat().st_size < 50_000  # the page does not carry it either
+    assert "invalid_input 1" in result.stdout
+    after = server.stats()
+    assert after["tasks_created"] - before["tasks_created"] == 2  # the two valid lines
+    assert set(after["statuses"]) <= {"200"}  # no 413, no 400: nothing refused upstream
+
+
+def test_serves_hint_lets_downloads_reach_it_and_nothing_else_does(tmp_path: Path) -> None:
+    """``flux-async serve`` prints the environment to use it; downloads from its
+    loopback address need the allow it prints (or --download-allow): never implied."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flux_async", "serve", "--port", "0",
+         "--generation-time", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        url = re.search(r"listening on (\S+) ", process.stdout.readline())
+        assert url is not None
+        hint = ""
+        while "Ctrl-C" not in hint:
+            hint += process.stderr.readline()
+        exported = re.search(r"export (.+)", hint)
+        assert exported is not None, hint
+        printed = dict(word.split("=", 1) for word in shlex.split(exported.group(1)))
+        assert printed["FLUX_ASYNC_DOWNLOAD_ALLOW"] == url.group(1)
+        args = ["generate", "a cat", "--out", str(tmp_path), "--poll-interval", "0.05"]
+        done = cli(*args, env=_env(**printed))
+        assert done.returncode == 0, done.stderr
+        without = {k: v for k, v in printed.items() if k != "FLUX_ASYNC_DOWNLOAD_ALLOW"}
+        refused = cli(*args, env=_env(**without))
+        no_traceback(refused)
+        assert refused.returncode == 1
+        assert "a loopback address: refused by the download guard" in refused.stderr
+        by_option = cli(*args, "--download-allow", url.group(1), env=_env(**without))
+        assert by_option.returncode == 0, by_option.stderr
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        finally:
+            process.kill()
+            process.communicate()
+    assert len(list(tmp_path.glob("*.png"))) == 2  # nothing of the refused run was kept
+
+
+def test_a_too_long_prompt_or_a_path_as_model_is_refused_with_exit_status_2(
+    server: Server, tmp_path: Path
+) -> None:
+    long = "a white siamese cat " * 2_000  # 40,000 characters: still fits on a command line
+    for args in (["generate", long], ["generate", "a cat", "--model", "../../x"],
+                 ["edit", long, "--image-url", "https://example.com/cat.png"]):
+        result = cli(*args, "--out", str(tmp_path), env=server.env())
+        no_traceback(result)
+        assert result.returncode == 2, (args[:1], result.stderr[:300])
+        assert result.stderr.startswith("flux-async: error: "), result.stderr[:300]
+        assert len(result.stderr) < 300  # the prompt is not echoed back
+    assert server.stats()["requests"] == {}  # not one request of any kind
 
 
 def test_standard_input(tmp_path: Path) -> None:

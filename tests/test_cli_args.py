@@ -46,6 +46,13 @@ BAD: list[tuple[list[str], str]] = [
     (["generate", "x", "--count", "-3"], "argument --count: must be a whole number"),
     (["generate", ""], "prompt: must be a non-empty string"),
     (["generate", "x", "--model", ""], "model: must be a non-empty string"),
+    (["generate", "x", "--model", "../../x"], "model: '../../x' is not a model name"),
+    (["batch", "prompts.txt", "--out", "out", "--model", "flux dev"],
+     "model: 'flux dev' is not a model name"),
+    (["generate", "x" * 40_000], "prompt: is 40,000 characters long; at most 32,000"),
+    (["generate", "x", "--download-allow", "localhost:8000"],
+     "--download-allow: 'localhost:8000' is not an address"),
+    (["task", "wait", "t-1", "--download-allow", ""], "argument --download-allow: must not"),
     (["generate", "x", "--size", "0x0"], "size:"),
     (["edit", "x", "--image-url", ""], "image_url:"),
     (["generate", "x", "--local-generation-time", "-1"], "argument --local-generation-time"),
@@ -101,6 +108,8 @@ def test_bad_environment_is_status_2_and_reaches_no_server(
         ({"FLUX_ASYNC_BASE_URL": ""}, "$FLUX_ASYNC_BASE_URL: must be an http(s) URL"),
         ({"ACEDATACLOUD_API_TOKEN": f"{SECRET}\n"},
          "$ACEDATACLOUD_API_TOKEN contains spaces or control characters"),
+        ({"FLUX_ASYNC_DOWNLOAD_ALLOW": "127.0.0.1:8000,images.internal"},
+         "$FLUX_ASYNC_DOWNLOAD_ALLOW: 'images.internal' is not an address"),
     ]
     for changes, message in cases:
         with monkeypatch.context() as patch:

@@ -143,6 +143,7 @@ def test_a_full_disk_stops_cleanly_and_a_rerun_downloads_without_paying(
             *FAST[2:]]
     monkeypatch.setenv("ACEDATACLOUD_API_TOKEN", server.token)
     monkeypatch.setenv("FLUX_ASYNC_BASE_URL", server.url)
+    monkeypatch.setenv("FLUX_ASYNC_DOWNLOAD_ALLOW", server.url)
     server.settings(generation_time=0.05)
 
     # Image files in OUT are written to /dev/full: the kernel's own ENOSPC, on the

@@ -23,6 +23,7 @@ from flux_async import (
     NotAnImageError,
     ValidationError,
 )
+from flux_async._core.addresses import DownloadGuard
 from flux_async._core.limits import Backoff
 from flux_async._edge.download import (
     DEFAULT_DOWNLOAD_TIMEOUT,
@@ -127,7 +128,9 @@ async def test_names_prefix_overwrite(flux_server: LocalFluxServer, tmp_path: Pa
 
 
 async def test_names_from_hostile_urls_stay_inside(tmp_path: Path) -> None:
-    async with odd_server() as (base, _), FluxClient("k", base_url=base) as client:
+    async with odd_server() as (base, _), FluxClient(
+        "k", base_url=base, download_allow=[base]
+    ) as client:
         images = [Image(f"{base}/..%2F..%2Fescape.png"), Image(f"{base}/..%5C..%5Cnul.png"),
                   Image(f"{base}/plain.png"), Image(f"{base}/plain.png")]
         paths = await client.download(images, tmp_path / "out")
@@ -139,7 +142,9 @@ async def test_names_from_hostile_urls_stay_inside(tmp_path: Path) -> None:
 
 async def test_a_cancelled_download_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    async with odd_server() as (base, _), FluxClient("k", base_url=base) as client:
+    async with odd_server() as (base, _), FluxClient(
+        "k", base_url=base, download_allow=[base]
+    ) as client:
         async with anyio.create_task_group() as group:
             group.start_soon(client.download, Image(f"{base}/stalled.png"), target)
             # The first bytes are in the temporary file: the download is mid-stream.
@@ -160,7 +165,9 @@ async def test_a_cancelled_download_leaves_nothing(tmp_path: Path) -> None:
 async def test_refused_answers_are_typed_and_leave_nothing(
     tmp_path: Path, name: str, error: type[DownloadError], max_bytes: int
 ) -> None:
-    async with odd_server() as (base, hits), FluxClient("k", base_url=base) as client:
+    async with odd_server() as (base, hits), FluxClient(
+        "k", base_url=base, download_allow=[base]
+    ) as client:
         with pytest.raises(error) as info:
             await client.download(Image(f"{base}/{name}"), tmp_path, max_bytes=max_bytes)
         with pytest.raises(error):
@@ -178,7 +185,8 @@ async def test_refused_answers_are_typed_and_leave_nothing(
 @pytest.mark.parametrize("name", ["flaky.png", "reset.png"])
 async def test_5xx_and_resets_are_retried(tmp_path: Path, name: str) -> None:
     async with odd_server() as (base, hits):
-        async with FluxClient("k", base_url=base, retry_backoff=0.01) as client:
+        async with FluxClient("k", base_url=base, retry_backoff=0.01,
+                              download_allow=[base]) as client:
             paths = await client.download(Image(f"{base}/{name}"), tmp_path)
     assert hits[name] == 2
     assert png_size(paths[0].read_bytes()) == (8, 8)
@@ -188,7 +196,8 @@ async def test_5xx_and_resets_are_retried(tmp_path: Path, name: str) -> None:
 async def test_retries_give_up_with_a_download_error(tmp_path: Path) -> None:
     async with serve(web.Application()) as base:
         pass  # nothing listens there any more
-    async with FluxClient("k", base_url=base, retry_backoff=0.01, max_retries=2) as client:
+    async with FluxClient("k", base_url=base, retry_backoff=0.01, max_retries=2,
+                          download_allow=[base]) as client:
         with pytest.raises(DownloadError) as info:
             await client.download(Image(f"{base}/x.png"), tmp_path)
     assert info.value.status is None
@@ -240,7 +249,8 @@ async def fetcher(read_timeout: float = 5.0) -> AsyncIterator[Fetcher]:
     # What FluxClient builds: a read timeout that a trickle never trips.
     timeout = aiohttp.ClientTimeout(sock_connect=5.0, sock_read=read_timeout)
     async with aiohttp.ClientSession() as session:
-        yield Fetcher(session, timeout, 3, Backoff(base=0.01, cap=0.01))
+        # The guard is the connector's (FluxClient's own session): this one has none.
+        yield Fetcher(session, timeout, 3, Backoff(base=0.01, cap=0.01), DownloadGuard(False))
 
 
 async def test_a_trickling_body_hits_the_per_image_deadline(tmp_path: Path) -> None:
@@ -263,7 +273,8 @@ async def test_a_trickling_body_hits_the_per_image_deadline(tmp_path: Path) -> N
 async def test_the_clients_download_takes_the_deadline(tmp_path: Path) -> None:
     # FluxClient.download / fetch_image pass timeout= down to the per-image deadline.
     async with trickling() as (base, _sent):
-        async with FluxClient("k", base_url="http://127.0.0.1:9") as client:
+        async with FluxClient("k", base_url="http://127.0.0.1:9",
+                              download_allow=[base]) as client:
             with pytest.raises(DownloadTimeoutError):
                 await client.download(Image(f"{base}/slow.png"), tmp_path, timeout=0.3)
             with pytest.raises(DownloadTimeoutError):
@@ -335,7 +346,9 @@ async def test_bad_targets_and_directories_are_refused_before_any_request(
 ) -> None:
     regular = tmp_path / "a-file"
     regular.write_text("x")
-    async with odd_server() as (base, hits), FluxClient("k", base_url=base) as client:
+    async with odd_server() as (base, hits), FluxClient(
+        "k", base_url=base, download_allow=[base]
+    ) as client:
         image = Image(f"{base}/plain.png")
         cases: list[tuple[object, object, str]] = [
             (None, tmp_path, "target"),

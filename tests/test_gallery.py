@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 
+from flux_async._core.models import MAX_PROMPT_CHARS
 from flux_async.cli._batch import BatchJob
-from flux_async.cli._gallery import LiveGallery, live_records, render, write_page
+from flux_async.cli._gallery import PROMPT_SHOWN, LiveGallery, live_records, render, write_page
 from flux_async.cli._input import Defaults, parse_lines
 from flux_async.cli._ledger import Ledger, Record
 from flux_async.cli._progress import Counts
@@ -96,6 +97,23 @@ def test_every_user_string_is_escaped() -> None:
     assert all(t and re.fullmatch(r"[A-Za-z0-9%._~-]+", t) for t in targets), targets
     assert all(a["loading"] == "lazy" for a in page.all("img"))
     assert page.all("img")[0]["alt"] == EVIL
+
+
+def test_a_long_prompt_is_shown_shortened() -> None:
+    prompt = "a very detailed prompt " + "and more words " * 2_130  # 31,973 characters
+    assert len(prompt) <= MAX_PROMPT_CHARS
+    files = [f"long-{i}.png" for i in range(4)]
+    text = render([_record(1, "done", prompt, files=files), _record(2, "failed", prompt)],
+                  title="out", state="finished", updated="now")
+    assert len(text) < 15_000  # not 2 cards x 6 copies of 32,000 characters
+    page = Page(text)
+    shown = prompt[:PROMPT_SHOWN].rstrip() + "…"
+    assert [a["alt"] for a in page.all("img")] == [shown] * 4
+    assert [a["title"] for a in page.all("p") if a.get("class") == "prompt"] == [shown] * 2
+    assert "".join(page.text).count(shown) == 2
+    short = render([_record(1, "done", "a cat", files=files)], title="o", state="finished",
+                   updated="")
+    assert "…" not in short  # short prompts are shown whole
 
 
 def test_totals_statuses_and_refresh() -> None:
@@ -255,7 +273,8 @@ async def test_a_page_that_cannot_be_written_does_not_stop_the_job(tmp_path: Pat
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL")}
+           if k not in ("ACEDATACLOUD_API_TOKEN", "FLUX_ASYNC_BASE_URL",
+                        "FLUX_ASYNC_DOWNLOAD_ALLOW")}
     env.update(extra)
     return env
 
@@ -280,7 +299,8 @@ def server() -> Iterator[dict[str, str]]:
         line = process.stdout.readline()
         found = re.search(r"listening on (\S+) token=(\S+)", line)
         assert found, line
-        yield _env(FLUX_ASYNC_BASE_URL=found.group(1), ACEDATACLOUD_API_TOKEN=found.group(2))
+        yield _env(FLUX_ASYNC_BASE_URL=found.group(1), ACEDATACLOUD_API_TOKEN=found.group(2),
+                   FLUX_ASYNC_DOWNLOAD_ALLOW=found.group(1))
     finally:
         process.send_signal(signal.SIGINT)
         try:

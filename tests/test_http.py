@@ -51,6 +51,7 @@ def test_every_timeout_comes_from_request_timeout() -> None:
     [
         (aiohttp.InvalidURL("ftp://x"), UnusableURLError),
         (aiohttp.TooManyRedirects(None, ()), RedirectError),  # type: ignore[arg-type]
+        (aiohttp.NonHttpUrlRedirectClientError("file:///etc/passwd"), RedirectError),
         (aiohttp.ConnectionTimeoutError(), ConnectError),
         (aiohttp.SocketTimeoutError(), RequestTimeoutError),
         (asyncio.TimeoutError(), RequestTimeoutError),
@@ -99,6 +100,9 @@ async def odd_app() -> AsyncIterator[str]:
     async def loop(request: web.Request) -> web.Response:
         raise web.HTTPFound("/loop")
 
+    async def leaves(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "file:///etc/passwd"})
+
     async def stalls(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         await response.prepare(request)
@@ -113,7 +117,7 @@ async def odd_app() -> AsyncIterator[str]:
 
     app = web.Application()
     for path, handler in (("/cut", cut), ("/loop", loop), ("/stalls", stalls),
-                          ("/auth", auth), ("/big", big)):
+                          ("/auth", auth), ("/big", big), ("/leaves", leaves)):
         app.router.add_get(path, handler)
     async with serve(app) as base:
         yield base
@@ -155,6 +159,16 @@ async def test_a_redirect_loop_is_a_redirect_error() -> None:
     async with odd_app() as base, open_session() as session:
         with pytest.raises(RedirectError):
             async with request(session, "GET", base + "/loop", timeout=T.api):
+                raise AssertionError("no answer can come")
+
+
+@pytest.mark.anyio
+async def test_a_redirect_out_of_http_is_a_redirect_error_not_a_broken_connection() -> None:
+    # A RedirectError is never retried (retry._FUTILE); a NetworkError of its own
+    # would be, for seconds, by every table.
+    async with odd_app() as base, open_session() as session:
+        with pytest.raises(RedirectError, match="not http"):
+            async with request(session, "GET", base + "/leaves", timeout=T.api):
                 raise AssertionError("no answer can come")
 
 

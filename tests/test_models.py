@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from flux_async import EditRequest, GenerateRequest, ValidationError
-from flux_async._core.models import ASPECT_RATIOS, SIZE_RULES, http_url_problem, size_problem
+from flux_async._core.models import (
+    ASPECT_RATIOS,
+    MAX_PROMPT_CHARS,
+    SIZE_RULES,
+    http_url_problem,
+    size_problem,
+)
+from flux_async.testing import _validate as server_rules
 
 
 @pytest.mark.parametrize(
@@ -37,6 +44,46 @@ def test_generate_request_validation(kwargs: dict[str, Any], field: str) -> None
     assert info.value.field == field
     assert field in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_the_prompt_limit_is_the_local_servers_and_counts_characters() -> None:
+    # Two readings of the protocol, written apart, agree on the number.
+    assert MAX_PROMPT_CHARS == server_rules.MAX_PROMPT_CHARS == 32_000
+    assert len(GenerateRequest("猫" * MAX_PROMPT_CHARS).prompt) == MAX_PROMPT_CHARS
+    image = "https://x/y.png"
+    assert EditRequest("a" * MAX_PROMPT_CHARS, image_url=image).prompt[0] == "a"
+    for build in (lambda p: GenerateRequest(p), lambda p: EditRequest(p, image_url=image)):
+        with pytest.raises(ValidationError) as info:
+            build("猫" * (MAX_PROMPT_CHARS + 1))
+        assert info.value.field == "prompt"
+        assert str(info.value) == (
+            "prompt: is 32,001 characters long; at most 32,000 are accepted")
+    huge = "y" * 10_000_000
+    with pytest.raises(ValidationError) as info:
+        GenerateRequest(huge)
+    assert len(str(info.value)) < 100  # the prompt is never quoted
+
+
+@pytest.mark.parametrize(
+    "model", ["../../x", "flux dev", "flux-dev\x00", "flux-dev\n", "\tflux", ".flux",
+              "-flux", "flux/dev", "flux-dev?x=1", "ﬂux", "a" * 65],
+)
+def test_names_no_model_has_are_refused(model: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        GenerateRequest("a", model=model)
+    assert info.value.field == "model"
+    assert "not a model name" in str(info.value)
+    assert str(info.value).isprintable()  # quoted by repr: no control character
+    with pytest.raises(ValidationError, match=r"^model: "):
+        EditRequest("a", image_url="https://x/y.png", model=model)
+
+
+@pytest.mark.parametrize(
+    "model", ["flux-dev", "flux-pro-1.1-ultra", "flux-2-klein", "flux-3-ultra", "FLUX.3",
+              "flux_next", "f" * 64],
+)
+def test_unknown_but_well_formed_names_pass(model: str) -> None:
+    assert GenerateRequest("a", model=model).model == model
 
 
 @pytest.mark.parametrize("url", ["", "ftp://x/y.png", "file:///etc/passwd", "x.png", None])

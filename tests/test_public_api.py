@@ -19,6 +19,10 @@ EXPECTED = {
     # web servers: callbacks and downloads
     "CallbackVerdict", "DownloadError", "DownloadTimeoutError", "ImageTooLargeError",
     "NotAnImageError",
+    # downloads refused: the download guard's address, a redirect out of http(s)
+    "BlockedAddressError", "DownloadRedirectError",
+    # the longest prompt a request takes (a web form can check with the same number)
+    "MAX_PROMPT_CHARS",
     # errors that end the wait for one task, naming it
     "TaskAuthenticationError", "TaskClosedError", "TaskForbiddenError",
     "TaskInsufficientBalanceError",

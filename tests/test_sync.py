@@ -62,6 +62,7 @@ class Served:
         settings.setdefault("busy_poll_interval", 0.02)
         settings.setdefault("submit_rate", None)
         settings.setdefault("query_rate", None)
+        settings.setdefault("download_allow", [self.server.url])  # its images: loopback
         return FluxClient(self.server.token, base_url=self.server.url, **settings)
 
 

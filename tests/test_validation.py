@@ -25,7 +25,9 @@ from flux_async import (
     Outcome,
     ValidationError,
 )
+from flux_async._core.models import MAX_PROMPT_CHARS
 from flux_async.testing import LocalFluxServer
+from flux_async.testing._png import render_png
 
 from .conftest import client_for
 
@@ -34,6 +36,7 @@ pytestmark = pytest.mark.anyio
 Call = Callable[[LocalFluxServer], Awaitable[object]]
 NAN, INF = math.nan, math.inf
 KEY = "sk-very-secret-key-0042"
+PNG = render_png("validation.png")
 
 
 def built(**settings: Any) -> Call:
@@ -133,6 +136,13 @@ ROWS: list[tuple[str, Call, type[FluxError], str]] = [
     ("secret-int", built(callback_secret=1234567890123456789), ConfigurationError,
      "callback_secret"),
     ("session-str", built(session="session"), ConfigurationError, "session"),
+    ("guard-str", built(download_guard="on"), ConfigurationError, "download_guard"),
+    ("guard-none", built(download_guard=None), ConfigurationError, "download_guard"),
+    ("allow-host", built(download_allow=["localhost:8000"]), ConfigurationError,
+     "download_allow"),
+    ("allow-int", built(download_allow=8000), ConfigurationError, "download_allow"),
+    ("allow-port-network", built(download_allow=["10.0.0.0/8:80"]), ConfigurationError,
+     "download_allow"),
     # --- submit / wait / get_task / get_tasks --------------------------------------------
     ("submit-str", called(lambda c: c.submit("a cat")), ValidationError, "request"),  # type: ignore[arg-type]
     ("submit-dict", called(lambda c: c.submit({"prompt": "x"})), ValidationError, "request"),  # type: ignore[arg-type]
@@ -167,6 +177,27 @@ ROWS: list[tuple[str, Call, type[FluxError], str]] = [
     ("size-flux-2", called(lambda c: c.generate("x", model="flux-2-pro", size="100x100")),
      ValidationError, "size"),
     ("model-empty", called(lambda c: c.generate("x", model="")), ValidationError, "model"),
+    ("model-path", called(lambda c: c.generate("x", model="../../x")), ValidationError,
+     "model"),
+    ("model-space", called(lambda c: c.generate("x", model="flux dev")), ValidationError,
+     "model"),
+    ("model-control", called(lambda c: c.generate("x", model="flux-dev\x00")),
+     ValidationError, "model"),
+    ("model-newline", called(lambda c: c.generate("x", model="flux-dev\n")), ValidationError,
+     "model"),
+    ("edit-model-slash", called(
+        lambda c: c.edit("x", image_url="https://example.com/a.png", model="kontext/../max")),
+     ValidationError, "model"),
+    # --- prompts over MAX_PROMPT_CHARS: nothing goes on the wire --------------------------
+    ("prompt-10mb", called(lambda c: c.generate("x" * 10_000_000)), ValidationError,
+     "prompt"),
+    ("prompt-one-over", called(lambda c: c.generate("é" * (MAX_PROMPT_CHARS + 1))),
+     ValidationError, "prompt"),
+    ("edit-prompt-10mb", called(
+        lambda c: c.edit("x" * 10_000_000, image_url="https://example.com/a.png")),
+     ValidationError, "prompt"),
+    ("edit-prompt-upload", called(lambda c: c.edit("x" * 10_000_000, image=PNG)),
+     ValidationError, "prompt"),  # refused before the upload, too
     ("generate-timeout-neg", called(lambda c: c.generate("x", timeout=-1)), ValidationError,
      "timeout"),
     ("generate-timeout-nan", called(lambda c: c.generate("x", timeout=NAN)), ValidationError,
@@ -226,3 +257,12 @@ def test_good_edge_values_still_pass() -> None:
     assert client.settings.batch_size == 50
     assert client.timeout is None
     assert EditRequest("x", image_url="https://example.com/a.png", size="16:9").size == "16:9"
+
+
+async def test_the_longest_prompt_goes_through(flux_server: LocalFluxServer) -> None:
+    """At the limit, a prompt reaches the server whole (which enforces the same limit)."""
+    prompt = "猫" * MAX_PROMPT_CHARS  # characters, not bytes: 96,000 bytes of UTF-8
+    async with client_for(flux_server) as client:
+        result = await client.generate(prompt)
+    assert result.images[0].prompt == prompt
+    assert flux_server.stats.tasks_created == 1

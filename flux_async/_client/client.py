@@ -91,6 +91,8 @@ class FluxClient(FileMethods):
     ``client.settings`` is the resulting frozen value. Besides them:
 
     - ``session``: an ``aiohttp.ClientSession`` to use; the client leaves it open.
+      Downloads use it only with ``download_guard=False``: the guard needs a
+      connector of its own, which checks every address it connects to.
     - ``coordinator``: where the token's limits are kept (slots, both rates and
       their 429 pause, who follows which task). None: in this process. A shared
       one (``flux_async.redis.RedisCoordinator``) keeps them across processes;
@@ -152,6 +154,8 @@ class FluxClient(FileMethods):
         not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
         coordinator: Coordinator | None = None,
         on_recovered: RecoveredHook | None = None,
+        download_guard: bool = True,
+        download_allow: Iterable[str] = (),
         journal: str | os.PathLike[str] | Journal | None = None,
         key_retention: float = 86400.0,
     ) -> None:
@@ -172,7 +176,8 @@ class FluxClient(FileMethods):
             retry_backoff=retry_backoff, resend_uncertain=resend_uncertain,
             callback_url=callback_url, callback_poll_interval=callback_poll_interval,
             callback_secret=callback_secret, upload_url=upload_url,
-            not_found_grace=not_found_grace, key_retention=key_retention,
+            not_found_grace=not_found_grace, download_guard=download_guard,
+            download_allow=download_allow, key_retention=key_retention,
         )
         self.base_url, self.max_concurrency, self.timeout = s.base_url, s.max_concurrency, s.timeout
         self.max_retries, self.resend_uncertain = s.max_retries, s.resend_uncertain
@@ -183,7 +188,8 @@ class FluxClient(FileMethods):
         self._credential = Credential(api_key)
         # The key lives only inside the link's headers and the credential, which
         # nothing prints.
-        self._link = Link(self.base_url, api_key, session, request_timeout=s.request_timeout)
+        self._link = Link(self.base_url, api_key, session, request_timeout=s.request_timeout,
+                          guard=s.guard)
         # Holds the callback secret; its repr hides it.
         self._callbacks = CallbackBook(s.callback_secret)
         self._backoff = backoff = Backoff(base=s.retry_backoff, cap=max(16.0, s.retry_backoff))

@@ -110,10 +110,13 @@ class FileMethods:
 
         ``target`` is an ``ImageResult``, an ``Image`` or Images. Files are named
         ``{prefix or task id or URL stem}-{index}{ext}``, reduced to safe
-        characters, ``ext`` from the content type. ``concurrency`` downloads run at
-        once; each is streamed to a temporary file and renamed when complete, so a
-        failed or cancelled download leaves nothing. Raises ``NotAnImageError``
-        (not ``image/*``), ``ImageTooLargeError`` (over ``max_bytes``), another
+        characters, ``ext`` from the image's format. ``concurrency`` downloads run
+        at once; each is streamed to a temporary file and renamed when complete, so
+        a failed or cancelled download leaves nothing. Raises ``NotAnImageError``
+        (not labelled ``image/*``, or a body that is no PNG, JPEG, WebP or GIF),
+        ``ImageTooLargeError`` (over ``max_bytes``), ``BlockedAddressError`` (the
+        download guard refused an address: see ``download_guard``),
+        ``DownloadRedirectError`` (a redirect out of http(s), a loop), another
         ``DownloadError`` (an HTTP error, or failures that outlasted the retries),
         ``FileExistsError`` unless ``overwrite``. The first failure cancels the rest;
         files already complete stay. ``timeout`` bounds each image, retries

@@ -24,8 +24,8 @@ secret:
 What ``judge`` decides, in order (the first that applies answers):
 
 1. token missing or wrong (constant-time check) -> 403; nothing else is looked at.
-2. body not JSON, or not a final result's shape (``success`` bool; ``data`` a list
-   of images, or an ``error`` object) -> 400.
+2. body not JSON (or nested too deeply to read), or not a final result's shape
+   (``success`` bool; ``data`` a list of images, or an ``error`` object) -> 400.
 3. the task was submitted by this client and is followed: a submission without a
    callback URL -> 409; a token issued for another submission -> 403; images
    with another prompt than submitted -> 409; a failure -> 200 ``confirming``
@@ -223,7 +223,9 @@ def _read(body: bytes | str | Mapping[str, Any]) -> Task | str:
     else:
         try:
             payload = json.loads(body)
-        except (ValueError, RecursionError):
+        except RecursionError:  # thousands of nested brackets: JSON, but no result's shape
+            return "the body is nested too deeply"
+        except ValueError:
             return "the body is not JSON"
     if not isinstance(payload, Mapping):
         return "the body is not a JSON object"

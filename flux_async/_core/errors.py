@@ -13,7 +13,10 @@ translates them once, with ``raise ... from`` so the original stays on
     │                               consulted; raised before anything is paid
     ├── TransportError              no usable answer came back
     │   ├── ConnectError            never connected: nothing was sent
+    │   │   └── (UnusableURLError)  a URL nothing can be sent to (not exported)
     │   ├── NetworkError            the connection broke after the request may have gone out
+    │   │   └── (RedirectError)     a redirect gone wrong: a loop, a target that cannot
+    │   │                           be used; never retried (not exported)
     │   ├── RequestTimeoutError     no answer in time (also TimeoutError)
     │   └── ProtocolError           an answer that is not the protocol (not JSON, truncated)
     ├── APIError                    the service answered an error: status, code, message, trace_id
@@ -30,9 +33,14 @@ translates them once, with ``raise ... from`` so the original stays on
     ├── JournalError                the task journal cannot be read or written: raised
     │                               before anything is paid
     ├── DownloadError               an image could not be fetched or saved: url, status
-    │   ├── NotAnImageError         the answer's content type is not image/*
+    │   ├── NotAnImageError         not an image: the content type is not image/*, or
+    │   │                           the body is no PNG, JPEG, WebP or GIF by its bytes
     │   ├── ImageTooLargeError      the body is over max_bytes (nothing is kept)
-    │   └── DownloadTimeoutError    not whole within its deadline (also TimeoutError)
+    │   ├── DownloadTimeoutError    not whole within its deadline (also TimeoutError)
+    │   ├── BlockedAddressError     the download guard refused an address: reason,
+    │   │                           address, port (loopback, private, metadata...)
+    │   └── DownloadRedirectError   a redirect out of http(s), a loop, too many hops
+    │                               (also RedirectError, so a NetworkError)
     └── TaskError                   about one task, carries task_id
         ├── TaskFailedError         the service says the task failed: code, message
         ├── TaskTimeoutError        the deadline passed; the task may still finish
@@ -54,11 +62,13 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "BlockedAddressError",
     "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
     "CoordinationError",
     "DownloadError",
+    "DownloadRedirectError",
     "FluxError",
     "ForbiddenError",
     "DownloadTimeoutError",
@@ -334,14 +344,24 @@ class DownloadError(FluxError):
 
 
 class NotAnImageError(DownloadError):
-    """The answer's content type is not ``image/*`` (an HTML error page, JSON...)."""
+    """The answer is not an image: its content type is not ``image/*`` (an HTML error
+    page, JSON...), or its body is not a PNG, JPEG, WebP or GIF image by its first
+    bytes whatever its label says (``by_content``: an HTML page sent as ``image/png``).
 
-    def __init__(self, url: str, content_type: str, *, status: int) -> None:
-        super().__init__(
-            f"{url} answered {content_type or 'no content type'}, not an image",
-            url=url, status=status,
-        )
+    ``content_type`` is the label the answer carried.
+    """
+
+    def __init__(
+        self, url: str, content_type: str, *, status: int, by_content: bool = False
+    ) -> None:
+        label = content_type or "no content type"
+        if by_content:
+            text = f"{url} answered {label}, but its body is not a PNG, JPEG, WebP or GIF image"
+        else:
+            text = f"{url} answered {label}, not an image"
+        super().__init__(text, url=url, status=status)
         self.content_type = content_type
+        self.by_content = by_content
 
 
 class ImageTooLargeError(DownloadError):
@@ -358,6 +378,50 @@ class DownloadTimeoutError(DownloadError, TimeoutError):
     def __init__(self, url: str, timeout: float) -> None:
         super().__init__(f"downloading {url} timed out after {timeout:g} s", url=url)
         self.timeout = timeout
+
+
+class BlockedAddressError(DownloadError):
+    """The download guard refused to connect: the URL (or a redirect's target) leads
+    to an address that is not on the public internet. Nothing was sent there.
+
+    ``reason`` says what the address is: ``"loopback"``, ``"private"``,
+    ``"link-local"``, ``"cloud metadata"``, ``"unspecified"``, ``"multicast"`` or
+    ``"reserved"``. ``address`` and ``port`` are where the connection would have
+    gone (after DNS); ``target`` the URL that led there (``url`` itself, or a
+    redirect's). Not retried: the same URL leads to the same place. Allow an
+    address you trust with ``FluxClient(download_allow=[...])``.
+    """
+
+    def __init__(
+        self, url: str, *, target: str, host: str, address: str, port: int, reason: str
+    ) -> None:
+        where = "" if target == url else f" redirected to {target};"
+        what = f"{'an' if reason[0] in 'aeiou' else 'a'} {reason} address"
+        where += f" {address} is {what}" if host == address else (
+            f" {host} resolves to {address}, {what}")
+        entry = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        super().__init__(
+            f"{url}:{where}: refused by the download guard "
+            f"(download_allow=['{entry}'] would let it through)",
+            url=url,
+        )
+        self.target = target
+        self.host = host
+        self.address = address
+        self.port = port
+        self.reason = reason
+
+
+class DownloadRedirectError(DownloadError, RedirectError):
+    """A download's redirect went wrong: to a URL that is not http(s) (``file:``...),
+    in a loop or past the most hops followed, or without a ``Location``.
+
+    Raised at once, never retried: the same URL is redirected the same way again.
+    Also a ``RedirectError`` (a ``NetworkError``: the first request went out).
+    """
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        DownloadError.__init__(self, message, url=url, status=status)
 
 
 class TaskError(FluxError):

@@ -24,6 +24,7 @@ __all__ = [
     "ASPECT_RATIOS",
     "DEFAULT_MODEL",
     "MAX_KEY_LENGTH",
+    "MAX_PROMPT_CHARS",
     "SIZE_RULES",
     "EditRequest",
     "GenerateRequest",
@@ -113,14 +114,44 @@ def size_problem(model: str | None, size: str, *, action: str = "generate") -> s
     return f"{model} takes {rule}, got {size!r}"
 
 
+#: The longest prompt a request takes, in characters (code points). The vendor
+#: documents no limit, so this is the client's own, generous on purpose: FLUX.1's
+#: text encoder reads 512 tokens (some 2,000 characters of English), and the most
+#: detailed structured prompts for newer models run to a few thousand characters;
+#: those fit many times over. What it stops is a pasted document or a binary file
+#: sent (and perhaps billed) as a prompt. The local server enforces the same.
+MAX_PROMPT_CHARS = 32_000
+
+# What every model name looks like ("flux-dev", "flux-pro-1.1-ultra", "flux-2-klein"):
+# letters, digits, dots, dashes and underscores, starting with a letter or a digit.
+# A name outside it (a path, spaces, control characters) is no model's and refused
+# here; a well-formed name the table does not know goes to the service, which knows
+# its new models before this table does.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def _check_prompt(_: object, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(attribute.name, "must be a non-empty string")
+    if len(value) > MAX_PROMPT_CHARS:
+        # Never quoted: it is long, and it is the user's text.
+        raise ValidationError(
+            attribute.name,
+            f"is {len(value):,} characters long; at most {MAX_PROMPT_CHARS:,} are accepted",
+        )
 
 
-def _check_optional_text(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and (not isinstance(value, str) or not value.strip()):
+def _check_model(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
         raise ValidationError(attribute.name, "must be a non-empty string when given")
+    if not _MODEL_NAME.fullmatch(value):
+        raise ValidationError(
+            attribute.name,
+            f"{value!r:.80} is not a model name (letters, digits, '.', '-' and '_', "
+            "at most 64, such as 'flux-dev')",
+        )
 
 
 def _check_size(request: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -189,9 +220,11 @@ def _check_image_url(_: object, attribute: attrs.Attribute[Any], value: object) 
 class GenerateRequest:
     """Text to image: ``prompt`` with optional ``model``, ``size`` and ``count``.
 
-    ``size`` must suit the model (``SIZE_RULES``; without a model, the service's
-    default ``flux-dev``). Unknown model names are passed through with only the
-    size's shape checked (new ones appear upstream).
+    ``prompt`` is at most ``MAX_PROMPT_CHARS`` (32,000) characters. ``size`` must
+    suit the model (``SIZE_RULES``; without a model, the service's default
+    ``flux-dev``). Unknown model names are passed through with only the size's
+    shape checked (new ones appear upstream), but a name no model could have
+    (``../x``, spaces, control characters) is refused.
 
     ``idempotency_key``: names this request, so that sending it again (a retry, a
     double click, a restarted job) pays once; it is not sent to the service (see
@@ -199,7 +232,7 @@ class GenerateRequest:
     """
 
     prompt: str = attrs.field(validator=_check_prompt)
-    model: str | None = attrs.field(default=None, validator=_check_optional_text)
+    model: str | None = attrs.field(default=None, validator=_check_model)
     size: str | None = attrs.field(default=None, validator=_check_size)
     count: int | None = attrs.field(default=None, validator=_check_count)
     idempotency_key: str | None = attrs.field(default=None, kw_only=True, validator=_check_key)
@@ -218,7 +251,7 @@ class EditRequest:
 
     prompt: str = attrs.field(validator=_check_prompt)
     image_url: str = attrs.field(validator=_check_image_url)
-    model: str | None = attrs.field(default=None, validator=_check_optional_text)
+    model: str | None = attrs.field(default=None, validator=_check_model)
     size: str | None = attrs.field(default=None, validator=_check_size)
     idempotency_key: str | None = attrs.field(default=None, kw_only=True, validator=_check_key)
 

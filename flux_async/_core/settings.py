@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .addresses import DownloadGuard, allowed
 from .errors import ConfigurationError, ValidationError
 from .models import http_url_problem
 from .protocol import DEFAULT_BASE_URL
@@ -171,6 +172,26 @@ def _secret(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
         raise ConfigurationError("must be at least 16 characters", field=attribute.name)
 
 
+def _entries(value: object) -> object:
+    # One address alone is a list of one; a list (any iterable) is kept as a tuple.
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, dict)):
+        return tuple(value)
+    return value
+
+
+def _allow_list(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, tuple):
+        raise ConfigurationError(
+            f"must be a list of addresses, got {type(value).__name__}", field=attribute.name
+        )
+    for entry in value:
+        parsed = allowed(entry)
+        if isinstance(parsed, str):
+            raise ConfigurationError(parsed, field=attribute.name)
+
+
 def _strip_slash(value: object) -> object:
     return value.rstrip("/") if isinstance(value, str) else value
 
@@ -287,6 +308,17 @@ class ClientSettings:
     - ``upload_url``: where ``upload()`` (and ``edit`` with a local image) POSTs
       files; default ``{base_url}/files/upload``, which for the default base URL
       is the vendor's documented ``https://api.acedata.cloud/files/upload``.
+    - ``download_guard`` (True): downloads (``download``, ``fetch_image``) refuse
+      to connect to addresses that are not on the public internet (loopback,
+      private, link-local, cloud metadata, unspecified, multicast, reserved),
+      checked after DNS on every redirect's hop too (``BlockedAddressError``).
+      On for every URL, the service's answers included: a result may arrive by
+      callback, whose only proof is a token, and the vendor's CDN is public, so
+      the guard costs its images nothing. ``False`` turns it off (a trusted
+      network only). ``download_allow`` (none): addresses let through all the
+      same, each an address, a network (``10.0.0.0/8``) or one address and port
+      (``127.0.0.1:8080``, or a URL's: ``download_allow=[server.url]`` for a
+      local server). Host names are not accepted: the guard checks addresses.
     - ``not_found_grace`` (300 s): a task id the service gave (or one passed to
       ``wait``) is not declared lost before this long after it became known,
       since new tasks may take a while to appear on ``/flux/tasks``; meanwhile it
@@ -325,6 +357,15 @@ class ClientSettings:
     # lost (``poller.DEFAULT_NOT_FOUND_GRACE``); 0: at once, as a test may want.
     not_found_grace: float = attrs.field(default=300.0, validator=_number(allow_zero=True))
     key_retention: float = attrs.field(default=86400.0, validator=_number())
+    download_guard: bool = attrs.field(default=True, validator=_flag)
+    download_allow: tuple[str, ...] = attrs.field(
+        default=(), converter=_entries, validator=_allow_list
+    )
+
+    @property
+    def guard(self) -> DownloadGuard:
+        """What downloads may reach, from ``download_guard`` and ``download_allow``."""
+        return DownloadGuard.from_settings(self.download_guard, self.download_allow)
 
     @property
     def effective_submit_burst(self) -> int:

@@ -2,10 +2,19 @@
 
 The GET goes out, and its failures are translated, through ``http`` (the one
 aiohttp edge); callers see ``DownloadError`` (and its ``NotAnImageError``/
-``ImageTooLargeError``/``DownloadTimeoutError``), or a ``ValidationError`` for
-input refused before any request (a target that is not images, a directory that
-cannot be created). What makes a download safe to run inside a server:
+``ImageTooLargeError``/``DownloadTimeoutError``/``BlockedAddressError``/
+``DownloadRedirectError``), or a ``ValidationError`` for input refused before
+any request (a target that is not images, a directory that cannot be created).
+What makes a download safe to run inside a server:
 
+* The download guard (``guard``, on unless the client's ``download_guard`` is
+  off): no connection to loopback, private, link-local, metadata... addresses,
+  checked after DNS, for the URL and for every redirect's target
+  (``BlockedAddressError``, nothing sent there).
+* Redirects are followed here, one hop at a time, not by aiohttp: each target
+  is checked before it is requested. One that leaves http(s) (``file:``...),
+  a loop, more than ``MAX_REDIRECTS`` hops or a redirect without a Location
+  raise ``DownloadRedirectError`` at once (never retried).
 * Atomic files. Bytes go to ``.flux-*.part`` in the target directory (same file
   system, so the final rename is atomic), are fsynced, then linked or renamed to
   the final name. Any failure, and cancellation, removes the temporary file: a
@@ -13,9 +22,11 @@ cannot be created). What makes a download safe to run inside a server:
 * Names come from the task id (or ``prefix``, or the URL's basename), reduced to
   ``[A-Za-z0-9._-]``, without ``..`` or a leading dot, bounded in length, and
   end in ``-{index}{ext}``: a URL cannot steer a file out of the directory and the
-  images of one task never collide. ``ext`` comes from the content type.
-* The body is capped (by ``Content-Length`` and again while streaming) and must be
-  ``image/*``: a CDN's HTML error page is refused, not saved as ``.png``.
+  images of one task never collide. ``ext`` comes from the body's format.
+* The body is capped (by ``Content-Length`` and again while streaming) and must
+  be an image twice over: labelled ``image/*``, and a PNG, JPEG, WebP or GIF by
+  its first bytes (``_core.formats``), whatever the label says. A CDN's HTML
+  page is refused (``NotAnImageError``) before a file is even opened.
 * GETs are idempotent, so 5xx, 429 and broken connections are retried with the
   client's backoff (``retry.DOWNLOAD``, in the one attempts loop); a retry
   starts the file over.
@@ -36,29 +47,35 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import aiohttp
 import anyio
 import attrs
 
+from .._core.addresses import DownloadGuard
 from .._core.errors import (
+    BlockedAddressError,
     DownloadError,
+    DownloadRedirectError,
     DownloadTimeoutError,
     ImageTooLargeError,
     NotAnImageError,
     TransportError,
     ValidationError,
 )
+from .._core.formats import SNIFF_BYTES, sniff_image
 from .._core.limits import Backoff
-from .._core.models import Image, ImageResult, check_http_url
+from .._core.models import Image, ImageResult, check_http_url, http_url_problem
 from .._core.retry import DOWNLOAD, attempts
 from . import http
+from .guard import AddressRefused, check_literal
 from .sinks import Memory, Part, Sink
 
 __all__ = [
     "DEFAULT_DOWNLOAD_TIMEOUT",
     "DEFAULT_MAX_IMAGE_BYTES",
+    "MAX_REDIRECTS",
     "DownloadTarget",
     "DownloadTimeoutError",
     "Fetcher",
@@ -73,6 +90,9 @@ DEFAULT_DOWNLOAD_TIMEOUT = 120.0
 CHUNK_BYTES = 64 * 1024
 # Long enough for a task id plus a prefix, short enough for every file system's 255.
 MAX_STEM = 96
+#: Redirects followed for one image (aiohttp's own default): a CDN needs one or two.
+MAX_REDIRECTS = 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 DownloadTarget = ImageResult | Image | Iterable[Image]
 
@@ -83,12 +103,14 @@ _RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{n}" for p in ("com", "lpt") fo
 
 @attrs.frozen
 class Fetcher:
-    """What a download needs from the client: its session, ``Timeouts.download``, tries."""
+    """What a download needs from the client: its session, ``Timeouts.download``, tries,
+    and the download guard (with it on, ``session`` is a ``guard.GuardedSession``'s)."""
 
     session: aiohttp.ClientSession
     timeout: aiohttp.ClientTimeout
     attempts: int
     backoff: Backoff
+    guard: DownloadGuard
 
 
 # --- names ---------------------------------------------------------------------------
@@ -148,24 +170,79 @@ def _plan(target: DownloadTarget, prefix: str | None) -> list[tuple[str, str]]:
 
 
 async def _attempt(fetcher: Fetcher, url: str, max_bytes: int, sink: Sink) -> None:
-    async with http.request(fetcher.session, "GET", url, timeout=fetcher.timeout) as response:
-        status = response.status
-        if status != 200:
-            # 429 and 5xx may pass (``retry.DOWNLOAD``); other statuses will not.
-            raise DownloadError(f"{url} answered HTTP {status}", url=url, status=status)
-        content_type = response.content_type.lower()
-        if not content_type.startswith("image/"):
-            raise NotAnImageError(url, content_type, status=status)
-        length = response.content_length
-        if length is not None and length > max_bytes:
+    """One GET of ``url`` into ``sink``, its redirects followed and checked hop by hop."""
+    target = url
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            if fetcher.guard.enabled:
+                check_literal(fetcher.guard, target)  # an address host: not even connected
+            async with http.request(fetcher.session, "GET", target, timeout=fetcher.timeout,
+                                    allow_redirects=False) as response:
+                if response.status in _REDIRECTS:
+                    target = _next_hop(url, target, response)
+                    continue  # leaving the block releases this answer first
+                await _receive(response, url, max_bytes, sink)
+                return
+        except AddressRefused as refused:
+            raise BlockedAddressError(
+                url, target=target, host=refused.host, address=refused.address,
+                port=refused.port, reason=refused.reason,
+            ) from None
+    raise DownloadRedirectError(f"{url}: more than {MAX_REDIRECTS} redirects", url=url)
+
+
+def _next_hop(url: str, current: str, response: aiohttp.ClientResponse) -> str:
+    """Where a redirect leads, if it may be followed; else ``DownloadRedirectError``."""
+    status = response.status
+    location = response.headers.get("Location")
+    if not location:
+        raise DownloadRedirectError(
+            f"{url} answered HTTP {status} without a Location", url=url, status=status)
+    target = urljoin(current, location.strip()).partition("#")[0]
+    if http_url_problem(target) is not None:
+        # file:, ftp:, data:... or garbage: no retry can make it an image URL.
+        shown = http.shown(target)
+        raise DownloadRedirectError(
+            f"{url} redirected to {shown[:200]!r}, not a usable http(s) URL; not followed",
+            url=url, status=status,
+        )
+    return target
+
+
+async def _receive(
+    response: aiohttp.ClientResponse, url: str, max_bytes: int, sink: Sink
+) -> None:
+    """The body of a final answer into ``sink``, once it is known to be an image."""
+    status = response.status
+    if status != 200:
+        # 429 and 5xx may pass (``retry.DOWNLOAD``); other statuses will not.
+        raise DownloadError(f"{url} answered HTTP {status}", url=url, status=status)
+    label = response.content_type.lower()
+    if not label.startswith("image/"):
+        raise NotAnImageError(url, label, status=status)
+    length = response.content_length
+    if length is not None and length > max_bytes:
+        raise ImageTooLargeError(url, max_bytes, status=status)
+    chunks = http.Chunks(response, url, CHUNK_BYTES)
+    # The label is a claim; the first bytes decide (however few each piece holds).
+    head = bytearray()
+    async for chunk in chunks:
+        head += chunk
+        if len(head) >= SNIFF_BYTES:
+            break
+    kind = sniff_image(bytes(head))
+    if kind is None:
+        raise NotAnImageError(url, label, status=status, by_content=True)
+    received = len(head)
+    if received > max_bytes:
+        raise ImageTooLargeError(url, max_bytes, status=status)
+    sink.start(url, kind[1])
+    sink.write(bytes(head))
+    async for chunk in chunks:  # on from where the head ended
+        received += len(chunk)
+        if received > max_bytes:
             raise ImageTooLargeError(url, max_bytes, status=status)
-        sink.start(url, content_type)
-        received = 0
-        async for chunk in http.Chunks(response, url, CHUNK_BYTES):
-            received += len(chunk)
-            if received > max_bytes:
-                raise ImageTooLargeError(url, max_bytes, status=status)
-            sink.write(chunk)
+        sink.write(chunk)
 
 
 async def _fetch(
@@ -190,6 +267,8 @@ async def _fetch(
                             raise
                         return
             except TransportError as exc:
+                if isinstance(exc, DownloadError):  # DownloadRedirectError: both already
+                    raise
                 # Callers of a download see DownloadErrors; the cause stays attached.
                 raise DownloadError(f"fetching {url} failed: {exc}", url=url) from exc
         assert timeout is not None  # only the deadline leaves the loop without an answer

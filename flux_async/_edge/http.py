@@ -12,7 +12,9 @@ Two failures are the same on every try, and say so by their class so that no
 retry table waits out a backoff on them: ``UnusableURLError`` (a
 ``ConnectError``: the URL cannot be sent to; nothing was sent) and
 ``RedirectError`` (a ``NetworkError``: a redirect loop or a redirect to a URL
-that cannot be used; the first request did go out).
+that cannot be used, ``file:`` included; the first request did go out).
+Downloads follow their redirects themselves (``request(allow_redirects=False)``)
+to check every hop; see ``download``.
 
 Only the network's own operations are translated: opening a request
 (``request``), reading an answer whole (``read_whole``) and the pieces of a
@@ -139,7 +141,11 @@ def translate(exc: BaseException, url: str) -> Exception | None:
     error): it is left to propagate as it is.
     """
     where = shown(url)
-    if isinstance(exc, (aiohttp.InvalidUrlRedirectClientError, aiohttp.TooManyRedirects)):
+    if isinstance(exc, aiohttp.NonHttpUrlRedirectClientError):
+        # Before InvalidURL and ClientError: a redirect to file:// is no connection failure.
+        return RedirectError(
+            f"{where} redirected to a URL that is not http(s); the first request went out")
+    if isinstance(exc, (aiohttp.RedirectClientError, aiohttp.TooManyRedirects)):
         return RedirectError(f"{where}: {type(exc).__name__}; the first request went out")
     if isinstance(exc, aiohttp.InvalidURL):
         # Refused before connecting (aiohttp's check is stricter than ours).
@@ -195,13 +201,15 @@ class request:  # lower case: used like aiohttp's own ``session.request``
         headers: Mapping[str, str] | None = None,
         data: bytes | None = None,
         timeout: aiohttp.ClientTimeout,
+        allow_redirects: bool = True,
     ) -> None:
         self._url = url
         refusal = _refusal(url, headers)
         if refusal is not None:
             raise refusal
         # Nothing is built or sent until ``__aenter__``.
-        self._call = session.request(method, url, headers=headers, data=data, timeout=timeout)
+        self._call = session.request(method, url, headers=headers, data=data, timeout=timeout,
+                                     allow_redirects=allow_redirects)
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         try:

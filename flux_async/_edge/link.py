@@ -3,7 +3,10 @@
 ``Link`` is one client's session (opened on first use, since a session belongs to
 the running loop; closed with the client unless it was the caller's) and its
 ``Transport``. ``Link.post`` sends one API request and decodes its answer (with
-``protocol.decode_answer``); ``fetcher`` is what downloads need.
+``protocol.decode_answer``); ``fetcher`` is what downloads need: with the
+download guard on, a session of their own whose connector checks every address
+(``guard.GuardedSession``, opened at the first download, closed with the link),
+never the API's session, which may be the caller's.
 
 ``Transport`` sends the request and translates its failures through ``http``, the
 one aiohttp edge (``ConnectError`` means nothing reached the service; every other
@@ -22,11 +25,13 @@ from typing import Any
 import aiohttp
 import attrs
 
+from .._core.addresses import DownloadGuard
 from .._core.errors import ConfigurationError
 from .._core.limits import Backoff
 from .._core.protocol import decode_answer, request_headers
 from . import http
 from .download import Fetcher
+from .guard import GuardedSession
 from .http import MAX_ANSWER_BYTES
 
 __all__ = ["MAX_ANSWER_BYTES", "Link", "Reply", "Transport", "check_session"]
@@ -43,7 +48,7 @@ class Link:
     """One client's session and transport; nothing here shows the key."""
 
     def __init__(self, base_url: str, api_key: str, session: http.Session | None,
-                 *, request_timeout: float) -> None:
+                 *, request_timeout: float, guard: DownloadGuard | None = None) -> None:
         check_session(session)
         # The key lives only inside these headers, which nothing prints.
         self._headers = request_headers(api_key)
@@ -52,6 +57,8 @@ class Link:
         self._session = session
         self._owns_session = session is None
         self.transport: Transport | None = None
+        self._guard = guard if guard is not None else DownloadGuard()
+        self._downloads: GuardedSession | None = None
 
     def __repr__(self) -> str:
         return f"<Link {self._base_url}>"
@@ -65,6 +72,9 @@ class Link:
         return self.transport
 
     async def close(self) -> None:
+        downloads, self._downloads = self._downloads, None
+        if downloads is not None:
+            await downloads.close()
         if self._owns_session and self._session is not None:
             await self._session.close()
 
@@ -75,8 +85,13 @@ class Link:
 
     def fetcher(self, attempts: int, backoff: Backoff) -> Fetcher:
         self.open()
-        assert self._session is not None
-        return Fetcher(self._session, self.timeouts.download, attempts, backoff)
+        session = self._session
+        if self._guard.enabled:
+            if self._downloads is None:
+                self._downloads = GuardedSession(self._guard)
+            session = self._downloads.session
+        assert session is not None
+        return Fetcher(session, self.timeouts.download, attempts, backoff, self._guard)
 
 
 @attrs.frozen

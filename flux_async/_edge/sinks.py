@@ -2,18 +2,16 @@
 
 A ``Part`` writes to ``.flux-*.part`` in the target directory (same file system,
 so the final rename is atomic), fsyncs it, then links or renames it to the final
-name, whose extension comes from the content type. Whatever fails, and however
-(a full disk fails the write, then the flush inside ``close`` again), the
-temporary file is removed and the failure is a ``DownloadError`` "could not
+name, whose extension comes from the body's format (judged by its first bytes).
+Whatever fails, and however (a full disk fails the write, then the flush inside
+``close`` again), the temporary file is removed and the failure is a ``DownloadError`` "could not
 save" with the ``OSError`` as its cause. ``FileExistsError`` (the final name is
 taken and ``overwrite`` is off) passes through as it is.
 """
 
 from __future__ import annotations
 
-import mimetypes
 import os
-import re
 import tempfile
 from contextlib import suppress
 from pathlib import Path
@@ -25,14 +23,6 @@ from .._core.errors import DownloadError
 
 __all__ = ["Memory", "Part", "Sink"]
 
-_EXTENSIONS = {
-    "image/png": ".png",
-    "image/jpeg": ".jpg",
-    "image/jpg": ".jpg",
-    "image/pjpeg": ".jpg",
-    "image/webp": ".webp",
-    "image/gif": ".gif",
-}
 
 def _could_not_save(url: str, where: Path | None, exc: OSError) -> DownloadError:
     error = DownloadError(f"could not save {url} to {where}: {exc.strerror or exc}", url=url)
@@ -40,20 +30,11 @@ def _could_not_save(url: str, where: Path | None, exc: OSError) -> DownloadError
     return error
 
 
-
-def _extension(content_type: str) -> str:
-    known = _EXTENSIONS.get(content_type)
-    if known is not None:
-        return known
-    guessed = mimetypes.guess_extension(content_type, strict=False)
-    return guessed if guessed and re.fullmatch(r"\.[a-z0-9]{1,8}", guessed) else ".img"
-
-
-
 class Sink:
     """Where the bytes of one attempt go: memory, or a temporary file."""
 
-    def start(self, url: str, content_type: str) -> None:
+    def start(self, url: str, extension: str) -> None:
+        """A new attempt begins; ``extension`` (``.png``...) is the body's format's."""
         raise NotImplementedError
 
     def write(self, chunk: bytes) -> None:
@@ -67,7 +48,7 @@ class Memory(Sink):
     def __init__(self) -> None:
         self.data = bytearray()
 
-    def start(self, url: str, content_type: str) -> None:
+    def start(self, url: str, extension: str) -> None:
         self.data.clear()
 
     def write(self, chunk: bytes) -> None:
@@ -89,10 +70,10 @@ class Part(Sink):
         self.path: Path | None = None
         self._file: IO[bytes] | None = None
 
-    def start(self, url: str, content_type: str) -> None:
+    def start(self, url: str, extension: str) -> None:
         self.discard()  # a retry starts over
         self.url = url
-        self.final = self.directory / (self.name + _extension(content_type))
+        self.final = self.directory / (self.name + extension)
         if not self.overwrite and self.final.exists():
             raise FileExistsError(f"{self.final} exists (pass overwrite=True to replace it)")
         try:

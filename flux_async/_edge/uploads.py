@@ -51,6 +51,7 @@ import anyio.to_thread
 import attrs
 
 from .._core.errors import ProtocolError, ValidationError, error_for_response
+from .._core.formats import IMAGE_FORMATS, sniff_image
 from .._core.limits import Backoff
 from .._core.protocol import decode_answer
 from .._core.retry import UPLOAD, attempts
@@ -89,22 +90,6 @@ _OTHER_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def sniff_image(data: bytes) -> tuple[str, str] | None:
-    """``(content_type, extension)`` of an image by its magic number, or None.
-
-    PNG, JPEG, GIF and WebP: the formats the service is known to take.
-    """
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png", ".png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg", ".jpg"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif", ".gif"
-    if len(data) >= 12 and data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        return "image/webp", ".webp"
-    return None
-
-
 def is_remote(value: object) -> bool:
     """True for an absolute http(s) URL: passed to the service as it is, not uploaded."""
     return isinstance(value, str) and _HTTP_URL.match(value) is not None
@@ -124,7 +109,7 @@ def _checked(data: bytes, field: str, what: str) -> tuple[str, str]:
     kind = sniff_image(data)
     if kind is None:
         raise ValidationError(
-            field, f"{what} is not a PNG, JPEG, WebP or GIF image (judged by its content)"
+            field, f"{what} is not a {IMAGE_FORMATS} image (judged by its content)"
         )
     return kind
 

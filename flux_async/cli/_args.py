@@ -17,9 +17,13 @@ from urllib.parse import urlsplit
 from flux_async import __version__
 from flux_async._core.settings import API_KEY_ENV, BASE_URL_ENV
 
+#: Addresses downloads may reach although the download guard refuses them, comma-separated.
+DOWNLOAD_ALLOW_ENV = "FLUX_ASYNC_DOWNLOAD_ALLOW"
+
 __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
+    "DOWNLOAD_ALLOW_ENV",
     "UsageError",
     "base_url_problem",
     "build_parser",
@@ -203,6 +207,13 @@ def _common() -> argparse.ArgumentParser:
     where.add_argument(
         "--api-key", metavar="KEY", type=_text("an API key"),
         help=f"API key; prefer ${API_KEY_ENV}, command lines are visible to other users",
+    )
+    where.add_argument(
+        "--download-allow", action="append", default=[], metavar="ADDRESS",
+        type=_text("an address, such as 127.0.0.1:8000 or 10.0.0.0/8"),
+        help="let downloads reach this address (ADDRESS:PORT, a network, or a URL's "
+        "address and port), though it is loopback or private; downloads refuse those "
+        f"unless told (repeatable; also ${DOWNLOAD_ALLOW_ENV}, comma-separated)",
     )
     where.add_argument(
         "--timeout", type=_seconds, default=600.0, metavar="SECONDS",

@@ -24,7 +24,7 @@ from flux_async import (
     TaskStatus,
 )
 
-from ._args import API_KEY_ENV, BASE_URL_ENV, UsageError, check_out_dir
+from ._args import API_KEY_ENV, BASE_URL_ENV, DOWNLOAD_ALLOW_ENV, UsageError, check_out_dir
 from ._connect import connect, service_name
 from ._gallery import GALLERY_NAME, render, write_page
 from ._ledger import MANIFEST_NAME, Record
@@ -208,7 +208,8 @@ def serve(args: argparse.Namespace) -> int:
     def ready(server: LocalFluxServer) -> None:
         warn(
             "point flux-async (or any client) at it with:\n"
-            f"  export {BASE_URL_ENV}={server.url} {API_KEY_ENV}={server.token}\n"
+            f"  export {BASE_URL_ENV}={server.url} {API_KEY_ENV}={server.token} "
+            f"{DOWNLOAD_ALLOW_ENV}={server.url}\n"
             "Ctrl-C stops it."
         )
 

@@ -5,6 +5,11 @@ and points the client at it with the server's own token, so nothing needs a key
 or the network. The server lives exactly as long as the command: a later run
 starts a fresh one, which knows none of the earlier run's tasks (a resumed
 ``batch --local`` submits those lines again, at no cost since nothing is paid).
+
+Its downloads may reach that server, and only it, on the loopback: the
+client's download guard refuses loopback addresses unless told.
+``--download-allow`` and ``$FLUX_ASYNC_DOWNLOAD_ALLOW`` tell it more addresses
+(a ``flux-async serve`` elsewhere, a mirror on a private network).
 """
 
 from __future__ import annotations
@@ -16,16 +21,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from flux_async import ConfigurationError, FluxClient
+from flux_async._core.addresses import allowed
 
-from ._args import API_KEY_ENV, BASE_URL_ENV, base_url_problem
+from ._args import API_KEY_ENV, BASE_URL_ENV, DOWNLOAD_ALLOW_ENV, base_url_problem
 
-__all__ = ["check_key", "connect", "service_name"]
+__all__ = ["check_key", "connect", "download_allow", "service_name"]
 
 
 def check_key(args: argparse.Namespace) -> None:
     """Fail early, before reading input or starting anything, when no key is set
     or the environment holds something that cannot work (the options are checked
     by the parser)."""
+    for entry in download_allow(args):
+        if isinstance(refused := allowed(entry), str):
+            source = "--download-allow" if entry in args.download_allow else (
+                f"${DOWNLOAD_ALLOW_ENV}")
+            raise ConfigurationError(f"{source}: {refused}")
     if args.local:
         return
     key = args.api_key or os.environ.get(API_KEY_ENV)
@@ -50,8 +61,15 @@ def service_name(args: argparse.Namespace) -> str:
     return str(args.base_url or os.environ.get(BASE_URL_ENV) or "https://api.acedata.cloud")
 
 
+def download_allow(args: argparse.Namespace) -> list[str]:
+    """The addresses downloads may reach besides public ones: options, then environment."""
+    from_env = os.environ.get(DOWNLOAD_ALLOW_ENV, "")
+    return [*args.download_allow, *(e.strip() for e in from_env.split(",") if e.strip())]
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {
+        "download_allow": download_allow(args),
         "timeout": args.timeout,
         "poll_interval": args.poll_interval,
         # Polling faster than the interval while callers queue for a slot only
@@ -78,5 +96,7 @@ async def connect(args: argparse.Namespace) -> AsyncIterator[FluxClient]:
 
     server_settings = ServerSettings(generation_time=args.local_generation_time)
     async with LocalFluxServer(server_settings) as server:
+        # Its images are on the loopback: this server, and only it, is allowed.
+        settings["download_allow"] = [*settings["download_allow"], server.url]
         async with FluxClient(server.token, base_url=server.url, **settings) as client:
             yield client

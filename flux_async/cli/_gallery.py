@@ -16,7 +16,11 @@ the filter, which a ``<meta http-equiv="refresh">`` would lose).
 
 Every string from the manifest (prompts are user input) is escaped, in text and in
 attributes alike; file names are percent-encoded, so a name cannot become a URL
-that points anywhere but into ``OUT``.
+that points anywhere but into ``OUT``. A prompt appears on its card several
+times (its text, its tooltip, each image's ``alt``), so a card shows at most
+``PROMPT_SHOWN`` characters of it: a card shows three lines anyway, and a page
+of long prompts would otherwise weigh several times its manifest (which keeps
+every prompt whole).
 
 While a batch runs, ``LiveGallery`` rewrites the page whenever something changed,
 but at most every ``EVERY`` seconds (or twenty times as long as one rewrite
@@ -45,7 +49,10 @@ from ._input import Entry, request_fields
 from ._ledger import Ledger, Record
 from ._output import PROG
 
-__all__ = ["EVERY", "GALLERY_NAME", "LiveGallery", "live_records", "render", "write_page"]
+__all__ = [
+    "EVERY", "GALLERY_NAME", "PROMPT_SHOWN", "LiveGallery", "live_records", "render",
+    "write_page",
+]
 
 GALLERY_NAME = "index.html"
 #: The shortest time between two rewrites of a running job's page, in seconds.
@@ -55,6 +62,8 @@ EVERY = 1.0
 _RELOAD = 10
 _RELOAD_BIG = 30
 _BIG = 2000  # lines
+#: The most characters of a prompt a card shows (then "…").
+PROMPT_SHOWN = 300
 
 # The statuses a card can have, in the order of the filter buttons. "pending" is
 # not in the manifest: it is a line of the input that has no task id yet.
@@ -125,9 +134,15 @@ def _state_text(state: str, reload: int) -> str:
     }.get(state, _esc(state))
 
 
+def _shortened(prompt: object) -> object:
+    if isinstance(prompt, str) and len(prompt) > PROMPT_SHOWN:
+        return prompt[:PROMPT_SHOWN].rstrip() + "…"
+    return prompt
+
+
 def _card(record: Record, status: str) -> str:
     request = record.request or {}
-    prompt = request.get("prompt")
+    prompt = _shortened(request.get("prompt"))
     facts = [f"line {record.line}"]
     if request.get("action") == "edit":
         facts.append("edit")

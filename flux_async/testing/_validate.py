@@ -6,6 +6,11 @@ error handling (and a test's assertion) keys on which field was wrong.
 
 ``MODELS`` is the one table of what each model takes: the vendor refuses a model it
 does not list ("model is invalid.") and a size its model cannot take.
+
+``MAX_PROMPT_CHARS``: the vendor documents no prompt limit; this server enforces
+the one flux_async documents (32,000 characters), so that a client sending more
+is caught here, whatever its own check says. The value is written here on its
+own, not imported: this server reads the protocol apart from the client.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "MAX_BATCH",
     "MAX_COUNT",
+    "MAX_PROMPT_CHARS",
     "MODELS",
     "SizeRule",
     "Submission",
@@ -34,6 +40,8 @@ __all__ = [
 MAX_COUNT = 10
 #: Most ids one ``retrieve_batch`` may ask for.
 MAX_BATCH = 100
+#: The longest prompt taken, in characters (Unicode code points, as JSON decodes them).
+MAX_PROMPT_CHARS = 32_000
 #: ``edit`` is the current word; an older guide wrote ``edits``, still accepted.
 ACTIONS = frozenset({"generate", "edit", "edits"})
 #: The aspect ratios of the models that take a ratio instead of pixels.
@@ -136,6 +144,8 @@ def check_submission(body: Any) -> Submission | str:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         return "prompt must be a non-empty string"
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return f"prompt is too long: {len(prompt)} characters, at most {MAX_PROMPT_CHARS}"
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         return "model must be a string"

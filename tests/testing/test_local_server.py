@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from flux_async.testing import DEFAULT_TOKEN, Faults, LocalFluxServer, ServerSettings
+from flux_async.testing._validate import MAX_PROMPT_CHARS
 from flux_async.testing.pytest_plugin import flux_server, flux_server_settings  # noqa: F401
 
 pytestmark = pytest.mark.anyio
@@ -470,6 +471,7 @@ async def test_unknown_task_path_and_method(
         ({"prompt": ""}, "prompt"),
         ({"prompt": "   "}, "prompt"),
         ({"prompt": 3}, "prompt"),
+        ({"prompt": "x" * (MAX_PROMPT_CHARS + 1)}, "prompt is too long"),
         ({"action": "upscale"}, "action"),
         ({"action": "edit"}, "image_url"),
         ({"action": "edits", "image_url": "ftp://x/y.png"}, "image_url"),
@@ -496,6 +498,15 @@ async def test_bad_fields(
     check_error(ans, 400, "bad_request")
     assert field_name in ans.json["error"]["message"]
     assert server.stats.tasks_created == 0
+
+
+async def test_the_longest_prompt_is_taken(
+    server: LocalFluxServer, http: aiohttp.ClientSession
+) -> None:
+    # Counted in characters, not bytes: 32,000 two-byte characters still pass.
+    ans = await submit(http, server, prompt="é" * MAX_PROMPT_CHARS)
+    assert ans.status == 200, ans.raw[:200]
+    assert server.stats.tasks_created == 1
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", b"\xff\xfe"])
