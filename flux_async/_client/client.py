@@ -36,7 +36,6 @@ import attrs
 
 from .._core.callbacks import CallbackBook, CallbackVerdict, body_bytes, judge
 from .._core.errors import ClientClosedError, ConfigurationError, CoordinationError, ValidationError
-from .._core.journal import fingerprint as request_fingerprint
 from .._core.limits import Backoff, deadline_after
 from .._core.models import (
     EditRequest,
@@ -198,7 +197,7 @@ class FluxClient(FileMethods):
         coordinator = coordinator if coordinator is not None else LocalCoordinator()
         self._parts = parts = Parts(
             s, coordinator, self._link.post, self._life.spawn, self._callbacks, backoff,
-            journal_for(journal, coordinator.journal))
+            journal_for(journal, coordinator.journal), self._uploader.digest_of)
         self._tracker, self._poller = parts.tracker, parts.poller
         self._on_recovered = on_recovered
 
@@ -274,13 +273,11 @@ class FluxClient(FileMethods):
 
     # --- requests ------------------------------------------------------------------
 
-    async def _run(self, request: ImageRequest, timeout: float | None,
-                   fingerprint: str | None = None) -> ImageResult:
+    async def _run(self, request: ImageRequest, timeout: float | None) -> ImageResult:
         deadline = deadline_after(timeout)
         await self._start()
         submission, followed = await self._parts.launcher.launch(
-            request, deadline=deadline, timeout=timeout, callback_url=self.callback_url,
-            fingerprint=fingerprint)
+            request, deadline=deadline, timeout=timeout, callback_url=self.callback_url)
         if followed is None:
             assert submission.result is not None
             return submission.result
@@ -325,15 +322,14 @@ class FluxClient(FileMethods):
         ``os.PathLike``) or the image's bytes (both uploaded first, see
         ``upload``). ``image_url`` is the same argument under its older name.
         ``timeout`` counts from the submission, after any upload. With an
-        ``idempotency_key``, a local image is known by its bytes (each upload of
-        it gets a new URL): the same key with the same image is the same request.
+        ``idempotency_key``, an image this client uploaded is known by its bytes
+        (each upload of it gets a new URL): the same key with the same image is
+        the same request.
         """
         timeout = resolve_timeout(timeout, self.timeout)
-        request, digest = await edit_request(prompt, image, image_url, model, size,
-                                             self._upload, idempotency_key)
-        fingerprint = None if digest is None else request_fingerprint(request,
-                                                                      image_digest=digest)
-        return await self._run(request, timeout, fingerprint)
+        request = await edit_request(prompt, image, image_url, model, size, self._upload,
+                                     idempotency_key)
+        return await self._run(request, timeout)
 
     async def submit(self, request: ImageRequest, *, callback_url: str | None = None,
                      idempotency_key: str | None = None) -> Task:

@@ -11,13 +11,9 @@ run before an upload is spent on a request that would be refused anyway.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 from collections.abc import Awaitable, Callable
-
-import anyio
-import anyio.to_thread
 
 from .._core.errors import ValidationError
 from .._core.limits import Backoff
@@ -30,7 +26,7 @@ from .._edge.download import (
     fetch_bytes,
 )
 from .._edge.link import Link
-from .._edge.uploads import ImageSource, LocalImage, Uploader, is_remote
+from .._edge.uploads import ImageSource, Uploader, is_remote
 
 __all__ = ["FileMethods", "edit_request", "upload_checked"]
 
@@ -52,36 +48,23 @@ async def edit_request(
     size: str | None,
     upload: Upload,
     idempotency_key: str | None = None,
-) -> tuple[EditRequest, str | None]:
-    """The ``EditRequest`` of ``edit``; a local image is uploaded once all else is valid.
-
-    With an ``idempotency_key``, a local image is read first and the digest of its
-    bytes returned with the request (None otherwise): it stands for the upload's
-    URL, which is new with every upload of the same bytes.
-    """
+) -> EditRequest:
+    """The ``EditRequest`` of ``edit``; a local image is uploaded once all else is valid."""
     if image is not None and image_url is not None:
         raise ValidationError("image", "give image or image_url, not both")
     field, source = ("image", image) if image is not None else ("image_url", image_url)
     if source is None:
         raise ValidationError("image", "required: an http(s) URL, a file path or bytes")
     if isinstance(source, str) and is_remote(source):
-        request = EditRequest(prompt, image_url=source, model=model, size=size,
-                              idempotency_key=idempotency_key)
-        return request, None
+        return EditRequest(prompt, image_url=source, model=model, size=size,
+                           idempotency_key=idempotency_key)
     # The edit's own checks, before an upload is spent on a bad request (the URL
     # is a stand-in: the real one exists only after the upload).
     EditRequest(prompt, image_url="https://upload.invalid/", model=model, size=size,
                 idempotency_key=idempotency_key)
-    digest = None
-    if idempotency_key is not None and not is_remote(source):
-        if not isinstance(source, LocalImage):
-            local = source
-            source = await anyio.to_thread.run_sync(lambda: LocalImage.load(local, field=field))
-        digest = hashlib.sha256(source.data).hexdigest()
     url = await upload_checked(source, field, upload)
-    request = EditRequest(prompt, image_url=url, model=model, size=size,
-                          idempotency_key=idempotency_key)
-    return request, digest
+    return EditRequest(prompt, image_url=url, model=model, size=size,
+                       idempotency_key=idempotency_key)
 
 
 class FileMethods:

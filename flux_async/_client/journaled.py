@@ -60,9 +60,11 @@ def follow_opened(opened: Opened, tracker: Tracker, slots: SlotPool,
     for entry in opened.unknown:
         report_unknown(entry.key, entry.request, entry.created_at, hook, spawn)
     if opened.running:
-        log.warning("following %d task(s) an earlier process paid for and did not see end: "
-                    "%s", len(opened.running),
-                    ", ".join(str(entry.task_id) for entry in opened.running))
+        # Without a hook, each outcome is a WARNING record too (``Recovering``).
+        log.log(logging.INFO if hook is not None else logging.WARNING,
+                "following %d task(s) an earlier process paid for and did not see end: "
+                "%s", len(opened.running),
+                ", ".join(str(entry.task_id) for entry in opened.running))
 
 
 async def note_held(journal: Journal, book: CallbackBook, token: str | None,

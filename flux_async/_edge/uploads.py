@@ -37,6 +37,8 @@ file on a slow uplink is not cut off at 60 s while a stalled one still ends.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import logging
 import os
 import re
@@ -274,8 +276,17 @@ def read_upload_answer(data: Any) -> str:
 log = logging.getLogger("flux_async")
 
 
+#: Uploads whose digest a client remembers (an idempotency key's edit is known by them).
+REMEMBERED_UPLOADS = 4096
+
+
 class Uploader:
-    """Uploads images to ``url`` over the client's transport."""
+    """Uploads images to ``url`` over the client's transport.
+
+    It remembers the SHA-256 of the bytes behind each URL it got (the latest
+    ``REMEMBERED_UPLOADS``): a keyed edit of an uploaded image is then known by
+    its bytes, not by its URL, which is new with every upload of the same file.
+    """
 
     def __init__(
         self, url: str, *, attempts: int, backoff: Backoff, request_timeout: float
@@ -284,6 +295,17 @@ class Uploader:
         self._attempts = attempts
         self._backoff = backoff
         self._timeouts = Timeouts(request_timeout)
+        self._digests: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def digest_of(self, url: str) -> str | None:
+        """The SHA-256 of the image this uploader uploaded to ``url``, if it did."""
+        return self._digests.get(url)
+
+    def _remember(self, url: str, image: LocalImage) -> None:
+        self._digests[url] = hashlib.sha256(image.data).hexdigest()
+        self._digests.move_to_end(url)
+        if len(self._digests) > REMEMBERED_UPLOADS:
+            self._digests.popitem(last=False)
 
     def __repr__(self) -> str:
         return f"<Uploader {self.url}>"
@@ -305,5 +327,7 @@ class Uploader:
                     self.url, form.body, form.content_type, timeout=timeout
                 )
                 data = decode_answer(reply.status, reply.headers, reply.body, now=time.time())
-                return read_upload_answer(data)
+                url = read_upload_answer(data)
+                self._remember(url, image)
+                return url
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

@@ -27,7 +27,7 @@ from .._core.errors import ClientClosedError, TaskTimeoutError, for_task
 from .._core.journal import Entry, EntryState, new_entry_id
 from .._core.journal import fingerprint as fingerprint_of
 from .._core.limits import remaining
-from .._core.models import ImageRequest
+from .._core.models import EditRequest, ImageRequest
 from .._core.protocol import Submission, task_of
 from .._core.wire import unstructure_request
 from .coordination import SlotPool, TaskDirectory
@@ -47,11 +47,13 @@ class Launcher:
 
     def __init__(self, tracker: Tracker, slots: SlotPool, submitter: Submitter,
                  book: CallbackBook, journal: Journal, *, callback_poll_interval: float,
+                 digest_of: Callable[[str], str | None] = lambda url: None,
                  waiting: Callable[[], None], directory: TaskDirectory | None = None,
                  recorded: Callable[[str], Awaitable[None]] | None = None) -> None:
         self._tracker = tracker
         self._journal = journal
         self._keys = Keys(journal, tracker)
+        self._digest_of = digest_of  # an uploaded image's digest, by the URL it got
         self._slots = slots
         self._submitter = submitter
         self._book = book
@@ -70,15 +72,13 @@ class Launcher:
         kept: bool = False,
         watch: Watch | None = None,
         on_submitted: Callable[[str], None] | None = None,
-        fingerprint: str | None = None,
     ) -> Launched:
         """Submit ``request`` and hand its task to the tracker (None: it ended already).
 
         ``watch`` waits for the task from the answer on; ``kept`` tasks are
         followed with no watcher. Raises what the slot, the rate gate or the
         submission raises; nothing is held then. A keyed request may instead
-        join what its key holds (``keys``); ``fingerprint`` stands for the
-        request's own when its image URL is a fresh upload of the same bytes.
+        join what its key holds (``keys``).
         """
         key = request.idempotency_key
         journal = self._journal
@@ -96,9 +96,13 @@ class Launcher:
             entry = Entry(entry_id=new_entry_id(), fingerprint="",
                           request=unstructure_request(request), state=EntryState.SENDING)
             return await send(Intent(journal, entry))
+        # An image this client uploaded is known by its bytes: each upload of the
+        # same file gets a new URL, and it is the same request all the same.
+        digest = self._digest_of(request.image_url) if isinstance(request, EditRequest) else None
         return await self._keys.launch(
-            request, key, fingerprint or fingerprint_of(request), send, deadline=deadline,
-            timeout=timeout, kept=kept, watch=watch, on_submitted=on_submitted)
+            request, key, fingerprint_of(request, image_digest=digest), send,
+            deadline=deadline, timeout=timeout, kept=kept, watch=watch,
+            on_submitted=on_submitted)
 
     async def _send(
         self,

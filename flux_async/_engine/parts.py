@@ -42,7 +42,8 @@ class Parts:
     """A client's coordinator-backed slots and gates, tracker, poller, queries and launcher."""
 
     def __init__(self, settings: ClientSettings, coordinator: Coordinator, post: Post,
-                 spawn: Spawn, book: CallbackBook, backoff: Backoff, journal: Journal) -> None:
+                 spawn: Spawn, book: CallbackBook, backoff: Backoff, journal: Journal,
+                 digest_of: Callable[[str], str | None] = lambda url: None) -> None:
         s = settings
         self.coordinator = coordinator
         self.journal = journal
@@ -74,6 +75,7 @@ class Parts:
                                    max_retries=s.max_retries,
                                    resend_uncertain=s.resend_uncertain)
         self.launcher = Launcher(self.tracker, self.slots, self.submitter, book, journal,
+                                 digest_of=digest_of,
                                  callback_poll_interval=s.callback_poll_interval,
                                  waiting=self.poller.wake,
                                  directory=self.directory,

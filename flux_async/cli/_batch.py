@@ -47,6 +47,7 @@ from flux_async import (
     ImageResult,
     MapEvent,
     NotFoundError,
+    Recovered,
     SubmissionUncertainError,
     TaskFailedError,
 )
@@ -63,8 +64,11 @@ from ._progress import Counts, Reporter, make_reporter
 from ._stop import Stop
 from ._summary import print_summary, summarize
 
-__all__ = ["BatchJob", "run_batch"]
+__all__ = ["JOURNAL_NAME", "BatchJob", "run_batch"]
 
+#: The task journal of a batch, in its output directory: every paid submission of
+#: every run, so a run killed at any moment (SIGKILL included) never pays twice.
+JOURNAL_NAME = ".journal.db"
 # How long a graceful stop waits for submissions on the wire to return a task id.
 STOP_GRACE = 15.0
 # Download answers meaning the image is gone for good (an expired CDN link).
@@ -98,7 +102,8 @@ class BatchJob:
         self.reporter = reporter
         self.stop = stop
         self.counts = Counts()
-        self.feed = Feed(client.max_concurrency, prepare=self._upload)
+        self.feed = Feed(client.max_concurrency, prepare=self._upload,
+                         release=client.release_key)
         self.fresh: list[Entry] = []
         self.resume: list[tuple[Entry, str]] = []
         self.skipped = 0  # done in an earlier run
@@ -159,7 +164,10 @@ class BatchJob:
         self.counts.total += len(self.fresh) + len(self.resume)
         self.counts.submitted = len(self.resume)
         for entry in self.fresh:
-            self.feed.put(entry)
+            record = self.ledger.find(entry.line, entry.key)
+            # A line that failed before is paid for again (as the plan decided): its
+            # key, which would answer the recorded failure, is freed first.
+            self.feed.put(entry, again=record is not None and record.status == "failed")
         self.reporter.start(self.counts)
         try:
             with self.stop.scope():
@@ -281,7 +289,7 @@ class BatchJob:
                            error=why, reason=reason))
         self.reporter.note(f"{PROG}: {self.label}:{entry.line}: {why}")
         self.counts.submitted -= 1  # counted as submitted at the start; counted again
-        self.feed.put(entry)
+        self.feed.put(entry, again=True)
 
     def _stale(self, entry: Entry, task_id: str) -> None:
         if self.local:
@@ -293,7 +301,7 @@ class BatchJob:
                                request=request_fields(entry.request), task_id=task_id,
                                error="task of an earlier local server", reason="not_found"))
             self.counts.submitted -= 1
-            self.feed.put(entry)
+            self.feed.put(entry, again=True)
             return
         self._record_failure(
             entry, "not_found", task_id,
@@ -405,7 +413,20 @@ async def _run(
     started = time.monotonic()
     try:
         reporter = make_reporter(quiet=args.quiet, transient=args.json)
-        async with connect(args) as client:
+
+        def on_recovered(recovered: Recovered) -> None:
+            # Tasks an earlier run left running are waited on through their lines;
+            # a submission it left of unknown fate is said now (its line fails so).
+            if recovered.task_id is None:
+                line = (recovered.idempotency_key or "").split("-")[1:2]
+                reporter.note(
+                    f"{PROG}: {label}:{line[0] if line else '?'}: a submission was on its way "
+                    "when an earlier run ended; whether it created a task is unknown, so it "
+                    "is not sent again (--retry-failed sends it, possibly paying twice)")
+
+        # --local: its server, and every task of it, ends with the run: nothing to keep.
+        journal = None if args.local else ledger.directory / JOURNAL_NAME
+        async with connect(args, journal=journal, on_recovered=on_recovered) as client:
             job = BatchJob(
                 client, ledger, entries, label=label, local=args.local,
                 service=service_name(args), retry_failed=args.retry_failed,
@@ -415,8 +436,9 @@ async def _run(
             await job.run()
         if job.cut_off and not args.local:
             warn(
-                f"{job.cut_off} submission(s) in progress were cancelled: any that had reached "
-                "the service made a task this manifest cannot know, paid for again next run"
+                f"{job.cut_off} submission(s) in progress were cut off; the journal keeps "
+                "them: the next run waits on those that made a task and pays for none of "
+                "them again (one whose fate is unknown is reported instead)"
             )
     except Exception:
         if job is not None:  # where every line stands is worth the most now

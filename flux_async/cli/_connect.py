@@ -84,9 +84,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def connect(args: argparse.Namespace) -> AsyncIterator[FluxClient]:
-    """An open client for ``args``; with ``--local``, its server runs meanwhile."""
-    settings = _settings(args)
+async def connect(args: argparse.Namespace, **extra: Any) -> AsyncIterator[FluxClient]:
+    """An open client for ``args``; with ``--local``, its server runs meanwhile.
+
+    ``extra``: more client settings (a batch's journal and recovery hook).
+    """
+    settings = {**_settings(args), **extra}
     if not args.local:
         async with FluxClient(args.api_key, base_url=args.base_url, **settings) as client:
             yield client

@@ -23,6 +23,7 @@ from flux_async import (
     Image,
     ImageResult,
     InsufficientBalanceError,
+    JournalError,
     NotFoundError,
     RateLimitError,
     SubmissionUncertainError,
@@ -67,7 +68,7 @@ def print_json(value: Any) -> None:
 
 
 # Failures that every later line would meet too: the batch stops feeding lines.
-HALTS = frozenset({"auth", "balance", "disabled", "disk_full", "manifest"})
+HALTS = frozenset({"auth", "balance", "disabled", "disk_full", "manifest", "journal"})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -92,6 +93,8 @@ def reason_of(exc: BaseException) -> str:
     """
     if disk_full(exc):
         return "disk_full"
+    if isinstance(exc, JournalError):  # nothing more can be paid for safely
+        return "journal"
     if isinstance(exc, ForbiddenError):
         return "forbidden"
     if isinstance(exc, UpstreamTimeoutError):

@@ -24,6 +24,7 @@ _HALTS = {
     "disabled": ("the application of the API key is disabled", "Enable it"),
     "disk_full": ("the disk is full", "Free some space"),
     "manifest": ("the manifest cannot be written", "Free some space or fix its permissions"),
+    "journal": ("the task journal cannot be written", "Free some space or fix its permissions"),
 }
 
 
