@@ -61,7 +61,6 @@ def test_sigkill_midway_then_reruns_pay_for_nothing_twice(
     assert summary["failed_by_reason"] == ({"submission_uncertain": len(uncertain)}
                                           if uncertain else {})
     stats = server.stats()
-    print(f"uncertain {sorted(uncertain)}; unanswered after kills {len(after_kills['unanswered'])}")
     assert max(stats["tasks_per_prompt"].values()) == 1
     # Every task the kills left behind was waited on, not paid for again.
     assert stats["tasks_created"] - after_kills["tasks_created"] == (
@@ -74,6 +73,6 @@ def test_sigkill_midway_then_reruns_pay_for_nothing_twice(
     assert json.loads(final.stdout)["done"] == len(prompts)
     stats = server.stats()
     twice = {p for p, n in stats["tasks_per_prompt"].items() if n > 1}
+    # A second payment only where the user said so, for a submission of unknown fate.
     assert twice <= {prompts[line - 1] for line in uncertain}
-    assert len(twice) <= len(stats["unanswered"])  # a second payment only where one was lost
     assert all(r["status"] == "done" for r in manifest(out).values())
