@@ -289,3 +289,51 @@ async def test_a_cancelled_caller_leaves_the_key_usable() -> None:
         result: ImageResult = await c.generate("queued", idempotency_key="q")
         assert result.urls
         assert server.stats.tasks_created == 2
+
+
+# --- retention, and a callback settling a submission whose answer was lost -------------
+
+
+@pytest.mark.parametrize("where", ["memory", "sqlite"])
+async def test_a_key_is_free_again_after_its_retention(tmp_path: Path, where: str) -> None:
+    journal = None if where == "memory" else tmp_path / "journal.db"
+    async with LocalFluxServer(ServerSettings(generation_time=0.01)) as server:
+        async with client_for(server, journal=journal, key_retention=0.3) as client:
+            first = await client.generate("a cat", idempotency_key="k")
+            with pytest.raises(IdempotencyConflictError):
+                await client.generate("a dog", idempotency_key="k")
+            await anyio.sleep(0.4)  # the retention itself is what is under test
+            second = await client.generate("a dog", idempotency_key="k")
+        assert first.task_id != second.task_id
+        assert server.stats.tasks_created == 2
+
+
+async def test_a_callback_settles_a_submission_whose_answer_was_lost(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from flux_async.web import add_callback_route
+
+    from .conftest import serve
+
+    settings = ServerSettings(generation_time=0.3, faults={"images": Faults(reset_after=1.0)})
+    recovered: list[Recovered] = []
+    async with LocalFluxServer(settings) as server:
+        app = web.Application()
+        receiver = add_callback_route(app, "/cb")
+        async with serve(app) as url:
+            client = client_for(server, journal=tmp_path / "journal.db",
+                                callback_url=f"{url}/cb", on_recovered=recovered.append)
+            receiver.client = client
+            async with client:
+                # The task is created, and the answer carrying its id is cut off.
+                with pytest.raises(SubmissionUncertainError):
+                    await client.generate("a lost answer", idempotency_key="lost")
+                assert server.stats.tasks_created == 1
+                server.settings.faults = {}
+                # Its callback names it by the token issued with the submission.
+                await eventually(lambda: len(recovered) == 1)
+                assert recovered[0].idempotency_key == "lost"
+                assert recovered[0].task_id == server.stats.unanswered[0]
+                result = await client.generate("a lost answer", idempotency_key="lost")
+                assert result.task_id == recovered[0].task_id
+        assert server.stats.tasks_created == 1
