@@ -10,7 +10,7 @@ receivers: this module only reads the ASGI messages and writes the answer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -22,11 +22,11 @@ __all__ = ["STATE_KEY", "CallbackApp", "Receive", "Scope", "Send", "scope_client
 
 log = logging.getLogger("flux_async")
 
-# ASGI 3's three arguments, typed without any framework's help.
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+# ASGI 3's three arguments, typed loosely enough that every framework's own types
+# (Starlette's mappings, Litestar's and asgiref's TypedDicts) are accepted.
+Scope = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[Any]]
 
 #: The client's name in the ASGI lifespan state (``scope["state"]``) or ``app.state``.
 STATE_KEY = "flux_client"
