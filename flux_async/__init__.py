@@ -8,8 +8,9 @@ Everything public is re-exported here; the modules behind it are private, except
 these public submodules, each imported only when you import it:
 
 - ``flux_async.web``: the aiohttp.web callback receiver;
-- ``flux_async.asgi``: the callback route for Starlette and FastAPI apps (extra
-  ``asgi`` or ``fastapi``);
+- ``flux_async.asgi``: the callback receiver for any ASGI app (``CallbackApp``,
+  no extra), and routes for Starlette and FastAPI apps (extra ``asgi`` or
+  ``fastapi``);
 - ``flux_async.sync``: ``FluxClient`` for blocking code (scripts, notebooks,
   Django, Flask);
 - ``flux_async.redis``: Redis building blocks for several processes sharing one

@@ -6,8 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,8 +18,6 @@ import aiohttp
 import anyio
 import httpx
 import pytest
-import uvicorn
-from aiohttp import web
 from fastapi import Depends, FastAPI
 from starlette.applications import Starlette
 
@@ -35,62 +31,18 @@ from flux_async.asgi import (
 )
 from flux_async.testing import LocalFluxServer, ServerSettings
 
-from .conftest import eventually, serve
-from .test_callbacks import FORGERIES, SECRET, _body, _hook, _token, forge, queries
+from .serving import (
+    CALLBACK_PATH,
+    ROOT,
+    bound_socket,
+    example_under_uvicorn,
+    exercise_image_service,
+    recording_proxy,
+    uvicorn_serving,
+)
+from .test_callbacks import FORGERIES, SECRET, _body, _hook, _token, forge
 
 pytestmark = pytest.mark.anyio
-
-ROOT = Path(__file__).resolve().parent.parent
-CALLBACK_PATH = "/flux/callback"
-
-
-@asynccontextmanager
-async def recording_proxy(server: LocalFluxServer) -> AsyncIterator[tuple[str, dict[str, str]]]:
-    """A pass-through to ``server`` that notes each submission's callback URL by prompt.
-
-    The app under test may run in another process: this is how a test learns the
-    tokens it handed out, to forge posts with them.
-    """
-    urls: dict[str, str] = {}
-
-    async def forward(request: web.Request) -> web.Response:
-        body = await request.read()
-        if request.path == "/flux/images":
-            sent = json.loads(body)
-            if "callback_url" in sent:
-                urls[sent["prompt"]] = sent["callback_url"]
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() in ("authorization", "content-type", "accept")}
-        async with session.request(request.method, server.url + request.path_qs,
-                                   data=body, headers=headers) as answer:
-            return web.Response(status=answer.status, body=await answer.read(),
-                                headers={"Content-Type": answer.headers["Content-Type"]})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", forward)
-    async with aiohttp.ClientSession() as session, serve(app) as base:
-        yield base, urls
-
-
-def bound_socket() -> socket.socket:
-    # The callback URL must be known before the app starts: bind its socket first.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-@asynccontextmanager
-async def uvicorn_serving(app: Any, sock: socket.socket) -> AsyncIterator[None]:
-    """Serve ``app`` with uvicorn on ``sock`` in this event loop, lifespan included."""
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await eventually(lambda: server.started or serving.done())
-        assert server.started, "uvicorn did not start"
-        yield
-    finally:
-        server.should_exit = True
-        await serving
 
 
 @asynccontextmanager
@@ -248,101 +200,15 @@ def test_starlette_users_need_no_fastapi() -> None:
 # --- the proof: examples/fastapi_service.py under uvicorn, in its own process ---------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@asynccontextmanager
-async def example_under_uvicorn(
-    server: LocalFluxServer, proxy: str, log_file: Path
-) -> AsyncIterator[str]:
-    """``python -m uvicorn examples.fastapi_service:app``; yields its URL, then stops it."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    options = {"max_concurrency": 64, "submit_rate": None, "query_rate": None,
-               "poll_interval": 0.05, "callback_poll_interval": 60.0}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACEDATACLOUD_API_TOKEN": server.token,
-           "FLUX_ASYNC_BASE_URL": proxy, "FLUX_PUBLIC_URL": base,
-           "FLUX_CLIENT_OPTIONS": json.dumps(options)}
-    env.pop("FLUX_LOCAL", None)
-    command = [sys.executable, "-m", "uvicorn", "examples.fastapi_service:app",
-               "--host", "127.0.0.1", "--port", str(port)]
-    with log_file.open("wb") as log:
-        process = await anyio.open_process(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-    async with process, aiohttp.ClientSession() as http:
-
-        async def up() -> bool:
-            try:
-                async with http.get(base + "/openapi.json") as response:
-                    return response.status == 200
-            except aiohttp.ClientConnectionError:
-                if process.returncode is not None:
-                    pytest.fail(await anyio.Path(log_file).read_text())
-                return False
-
-        with anyio.fail_after(30):
-            while not await up():  # noqa: ASYNC110 - nothing to wait on but the port itself
-                await anyio.sleep(0.05)
-        try:
-            yield base
-        finally:
-            process.terminate()  # uvicorn shuts down gracefully: the lifespan ends
-            with anyio.fail_after(15):
-                await process.wait()
-    # uvicorn shuts down, then re-raises the signal it caught.
-    assert process.returncode in (0, -signal.SIGTERM)
-
-
 async def test_the_fastapi_example_under_uvicorn(tmp_path: Path) -> None:
     log_file = tmp_path / "uvicorn.log"
     jobs = 50
     async with LocalFluxServer(ServerSettings(generation_time=60.0, seed=34)) as server:
         async with recording_proxy(server) as (proxy, urls):
-            async with example_under_uvicorn(server, proxy, log_file) as base:
-                async with aiohttp.ClientSession(base_url=base) as http:
-
-                    async def post(body: dict[str, Any]) -> str:
-                        async with http.post("/images", json=body) as response:
-                            assert response.status == 202, await response.text()
-                            task_id: str = (await response.json())["task_id"]
-                            return task_id
-
-                    async def statuses() -> dict[str, dict[str, Any]]:
-                        views = {}
-                        for task_id in ids:
-                            async with http.get(f"/images/{task_id}") as response:
-                                assert response.status == 200
-                                views[task_id] = await response.json()
-                        return views
-
-                    ids = await asyncio.gather(*(post({"prompt": f"job {i}"})
-                                                 for i in range(jobs)))
-                    assert len(set(ids)) == len(urls) == jobs
-                    # Forged posts at job 0's wait, while every task is still running.
-                    target, other = urls["job 0"], urls["job 1"]
-                    forged = [
-                        (target.split("?")[0], _body(ids[0], "job 0"), 403),
-                        (target.replace(_token(target), _token(target)[:-4] + "AAAA"),
-                         _body(ids[0], "job 0"), 403),
-                        (other, _body(ids[0], "job 0"), 403),
-                        (target, _body(ids[0], "another prompt"), 409),
-                    ]
-                    for url, body, status in forged:
-                        async with http.post(url, json=body) as response:
-                            assert response.status == status, await response.text()
-                    assert all(v["status"] == "pending" for v in (await statuses()).values())
-
-                    await server.finish_all()  # returns once every callback was answered
-                    views = await statuses()
+            async with example_under_uvicorn("fastapi_service:app", server, proxy,
+                                             log_file) as base:
+                await exercise_image_service(base, server, urls, jobs)
         output = await anyio.Path(log_file).read_text()
-    assert {v["status"] for v in views.values()} == {"succeeded"}
-    assert [views[i]["images"] for i in ids] == [[server.image_url(f"{i}-0.png")] for i in ids]
-    assert server.stats.callbacks_sent == jobs
-    assert server.stats.callbacks_failed == 0
-    assert queries(server) == 0  # every wait was resolved by its callback
     # The access log shows the callbacks, not their tokens; the lifespan ended cleanly.
     assert output.count('"POST /flux/callback?flux_token=<hidden> HTTP/1.1" 200') == jobs
     assert not any(_token(url) in output for url in urls.values())

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anyio
@@ -20,21 +16,9 @@ from flux_async.testing import LocalFluxServer, ServerSettings
 from flux_async.web import CALLBACK_RECEIVER, FLUX_CLIENT
 
 from .conftest import eventually
+from .serving import load_example
 
 pytestmark = pytest.mark.anyio
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "web_service.py"
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("web_service_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @asynccontextmanager
 async def example_app(
@@ -44,7 +28,7 @@ async def example_app(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = load_example().create_app(
+    app = load_example("web_service").create_app(
         f"http://127.0.0.1:{port}", api_key=server.token, base_url=server.url,
         poll_interval=0.05, submit_rate=None, query_rate=None, **settings,
     )

@@ -1,7 +1,8 @@
 """The framework-neutral half of a callback receiver.
 
-``flux_async.web`` (aiohttp) and ``flux_async.asgi`` (Starlette, FastAPI) are thin
-adapters over ``Receiver.receive``: each finds the client, the token, the declared
+``flux_async.web`` (aiohttp) and ``flux_async.asgi`` (its plain ASGI
+``CallbackApp``, and the Starlette/FastAPI route) are thin adapters over
+``Receiver.receive``: each finds the client, the token, the declared
 length and the body's chunks in its own request type, and turns the ``Answer`` into
 its own response type. Everything a receiver decides beyond the client's own
 judgement (``FluxClient.handle_callback``: this process's, then the process
