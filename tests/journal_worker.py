@@ -34,6 +34,14 @@ from flux_async import FluxClient, GenerateRequest, Recovered, SubmissionUncerta
 from flux_async.web import add_callback_route
 
 SECRET = "journal-tests-callback-secret"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def spawn(*args: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    """Start ``python -m tests.journal_worker ARGS`` (stdout and stderr piped)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.journal_worker", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **kwargs)
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:

@@ -22,15 +22,9 @@ from tests.test_cli import (
     start_cli,
     wait_until,
 )
+from tests.test_cli_stop import task_ids
 
 __all__ = ["server"]  # the fixture, imported for the tests below
-
-
-def _task_ids(out: Path) -> int:
-    try:
-        return sum(1 for r in manifest(out).values() if r["task_id"])
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0  # not written yet, or a record being appended right now
 
 
 def test_sigkill_midway_then_reruns_pay_for_nothing_twice(
@@ -45,7 +39,7 @@ def test_sigkill_midway_then_reruns_pay_for_nothing_twice(
     server.settings(generation_time=[0.3, 0.8], submit_answer_delay=0.3)
     for at_least in (4, 12, 20):
         run = start_cli(*args, env=server.env())
-        wait_until(lambda n=at_least: _task_ids(out) >= n)
+        wait_until(lambda n=at_least: task_ids(out) >= n)
         run.send_signal(signal.SIGKILL)
         run.communicate(timeout=30)
     assert (out / ".journal.db").is_file()

@@ -6,14 +6,12 @@ the test's own loop, so the server's counters say what was paid.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
 import resource
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import anyio
@@ -21,24 +19,17 @@ import pytest
 
 from flux_async.testing import LocalFluxServer, ServerSettings
 
-from .journal_worker import read_lines
+from .journal_worker import read_lines, spawn
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-async def _spawn(*args: str, **kwargs: object) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.journal_worker", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_four_processes_with_one_key_create_one_task(tmp_path: Path) -> None:
     journal = str(tmp_path / "journal.db")
     settings = ServerSettings(generation_time=1.0, submit_answer_delay=0.2)
     async with LocalFluxServer(settings) as server:
-        processes = [await _spawn("keyed", "--url", server.url, "--token", server.token,
+        processes = [await spawn("keyed", "--url", server.url, "--token", server.token,
                                   "--journal", journal, "--key", "order-7") for _ in range(4)]
         outputs = []
         for process in processes:
@@ -61,7 +52,7 @@ async def test_a_journal_on_a_full_disk_is_an_error_before_anything_is_paid(
     tmp_path: Path,
 ) -> None:
     async with LocalFluxServer(ServerSettings(generation_time=0.01)) as server:
-        process = await _spawn("keyed", "--url", server.url, "--token", server.token,
+        process = await spawn("keyed", "--url", server.url, "--token", server.token,
                                "--journal", str(tmp_path / "journal.db"),
                                preexec_fn=lambda: _full_disk_after(512))
         out, err = await process.communicate()
@@ -103,7 +94,7 @@ async def test_a_job_killed_fifty_times_pays_once_per_key_and_delivers_every_tas
                 "--reports", str(reports), "--port", str(port), "--count", str(count),
                 "--concurrency", "5", "--decide-after", "6"]
         while True:
-            process = await _spawn(*args)
+            process = await spawn(*args)
             if kills < 50:
                 # Any moment of a life: starting, opening the journal, taking over,
                 # submitting, waiting, receiving a callback.

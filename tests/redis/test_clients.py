@@ -4,10 +4,7 @@ in-flight limit: the shared slots keep them under it, so the service never says 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,11 +19,11 @@ from flux_async.testing import LocalFluxServer, ServerSettings
 from flux_async.web import CALLBACK_RECEIVER, add_callback_route
 
 from ..conftest import serve
+from ..journal_worker import spawn
 from .conftest import until
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[2]
 CAPACITY = 3
 SECRET = "the-fleet's-callback-secret"
 JOBS = 12  # per client
@@ -279,11 +276,9 @@ async def test_four_processes_with_one_key_pay_once_through_the_fleets_redis(
 ) -> None:
     settings = ServerSettings(generation_time=1.0, submit_answer_delay=0.2)
     async with LocalFluxServer(settings) as server:
-        processes = [await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.journal_worker", "keyed", "--url", server.url,
-            "--token", server.token, "--redis", redis_url, "--key", "order-9",
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE) for _ in range(4)]
+        processes = [await spawn("keyed", "--url", server.url, "--token", server.token,
+                                 "--redis", redis_url, "--key", "order-9")
+                     for _ in range(4)]
         answers = []
         for process in processes:
             out, err = await process.communicate()
