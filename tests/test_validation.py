@@ -132,6 +132,10 @@ ROWS: list[tuple[str, Call, type[FluxError], str]] = [
      "callback_poll_interval"),
     ("grace-negative", built(not_found_grace=-1), ConfigurationError, "not_found_grace"),
     ("grace-nan", built(not_found_grace=float("nan")), ConfigurationError, "not_found_grace"),
+    ("retention-0", built(key_retention=0), ConfigurationError, "key_retention"),
+    ("retention-inf", built(key_retention=INF), ConfigurationError, "key_retention"),
+    ("journal-int", built(journal=3), ConfigurationError, "journal"),
+    ("journal-empty", built(journal=""), ConfigurationError, "journal"),
     ("secret-short", built(callback_secret="short"), ConfigurationError, "callback_secret"),
     ("secret-int", built(callback_secret=1234567890123456789), ConfigurationError,
      "callback_secret"),
@@ -221,6 +225,16 @@ ROWS: list[tuple[str, Call, type[FluxError], str]] = [
      ValidationError, "timeout"),
     ("map-on-event", called(lambda c: drain(c.map([ok_request()], on_event="print"))),  # type: ignore[arg-type]
      ValidationError, "on_event"),
+    # --- idempotency keys -----------------------------------------------------------------
+    ("key-empty-idem", called(lambda c: c.generate("a cat", idempotency_key="")),
+     ValidationError, "idempotency_key"),
+    ("key-long", called(lambda c: c.generate("a cat", idempotency_key="k" * 256)),
+     ValidationError, "idempotency_key"),
+    ("key-control-idem", called(lambda c: c.generate("a cat", idempotency_key="a\nb")),
+     ValidationError, "idempotency_key"),
+    ("key-int-idem", called(lambda c: c.submit(ok_request(), idempotency_key=7)),  # type: ignore[arg-type]
+     ValidationError, "idempotency_key"),
+    ("release-empty", called(lambda c: c.release_key("")), ValidationError, "key"),
 ]
 
 
@@ -244,7 +258,7 @@ async def test_bad_input_is_refused_before_any_request(
 
 def test_the_table_tries_every_setting() -> None:
     """Each ClientSettings field, the key and the session have a row of their own."""
-    fields = {a.name for a in attrs.fields(ClientSettings)} | {"api_key", "session"}
+    fields = {a.name for a in attrs.fields(ClientSettings)} | {"api_key", "session", "journal"}
     settings_rows = {row[3] for row in ROWS if row[2] is ConfigurationError}
     assert fields <= settings_rows
 
