@@ -319,9 +319,12 @@ async def test_closing_leaves_no_tasks_and_fails_waiters(
     created = set(flux_server.stats.finish_times)
     assert {e.task_id for e in errors} == created  # type: ignore[attr-defined]
     assert len({id(e) for e in errors}) == 3
-    # ... and the ids of the tasks left running are logged.
-    closing = [r.getMessage() for r in caplog.records if "closed with" in r.getMessage()]
-    assert len(closing) == 1
-    assert all(task_id in closing[0] for task_id in created)
+    # ... and the ids of the tasks left running are logged: in the one line of
+    # aclose(), or, for a task whose submission answer was still arriving when the
+    # client closed (the server counts a task before its answer is sent), in a
+    # warning of its own from the launcher.
+    messages = [r.getMessage() for r in caplog.records if r.name == "flux_async"]
+    assert len([m for m in messages if "closed with" in m]) <= 1
+    assert all(any(task_id in m for m in messages) for task_id in created)
     assert asyncio.all_tasks() - before == set()
     assert client.closed

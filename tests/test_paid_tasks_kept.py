@@ -75,7 +75,7 @@ async def test_every_created_task_reaches_the_caller_whatever_cancels_it(
                 try:
                     result = await asyncio.wait_for(client.generate(f"w{i}"), delay)
                     traced.add(result.task_id)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError on 3.10
                     pass
                 except TaskError as exc:
                     traced.add(exc.task_id or "")

@@ -7,6 +7,7 @@ and carry no Retry-After, both error body spellings, and the vendor's model rule
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -139,7 +140,7 @@ async def test_link_client_leaving_mid_answer_loses_the_task(http: aiohttp.Clien
     # 16-byte pieces 50 ms apart: a submission answer takes a few hundred ms to send.
     settings = ServerSettings(generation_time=SLOW, link_chunk_bytes=16, link_chunk_gap=0.05)
     async with LocalFluxServer(settings) as server:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # not the builtin one on 3.10
             await call(http, server, "/flux/images",
                        {"action": "generate", "prompt": "p", "async": True}, timeout=0.1)
         await eventually(lambda: len(server.stats.unanswered) == 1)
@@ -204,7 +205,7 @@ async def test_submit_answer_delay(http: aiohttp.ClientSession) -> None:
         assert time.monotonic() - started >= 0.3
         assert server.stats.unanswered == []
         # A client that gives up during the delay: the task exists all the same.
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # not the builtin one on 3.10
             await call(http, server, "/flux/images",
                        {"action": "generate", "prompt": "lost", "async": True}, timeout=0.05)
         assert server.stats.tasks_per_prompt["lost"] == 1
