@@ -70,6 +70,12 @@ QUICK = [
     "tests/test_upload.py",
     "tests/test_sync.py",
     "tests/test_cli.py::test_generate_and_edit_json",
+    # idempotency keys and the journal: SQLite, its writer thread, file locks;
+    # the plain ASGI receiver and the download guard
+    "tests/test_journal.py",
+    "tests/test_journal_processes.py::test_four_processes_with_one_key_create_one_task",
+    "tests/test_asgi_app.py",
+    "tests/test_hostile_downloads.py",
 ]
 
 #: Tests of the files above left to the whole suite: scale and timing tests of
