@@ -331,3 +331,46 @@ async def test_after_redis_lost_its_data_no_process_takes_a_slot_held_elsewhere(
         with anyio.fail_after(2):
             await waiter.take()
         assert waiter.in_use == 1
+
+
+async def test_keys_of_a_process_that_ended_are_taken_over_as_the_journal_says(
+    redis_url: str, coordinator: RedisCoordinator
+) -> None:
+    from flux_async._core.journal import Entry, EntryState, new_entry_id
+
+    def entry(key: str) -> Entry:
+        return Entry(entry_id=new_entry_id(), fingerprint=f"fp-{key}",
+                     request={"action": "generate", "prompt": key}, state=EntryState.QUEUED,
+                     key=key)
+
+    leaving = RedisCoordinator.from_url(redis_url, api_key=TOKEN, lease=1.0)
+    async with leaving:
+        journal = leaving.journal
+        await journal.open(60.0)
+        queued, sending, running = entry("queued"), entry("sending"), entry("running")
+        for each in (queued, sending, running):
+            assert await journal.claim(each) is None
+        await journal.sending(sending, "nonce-1")
+        await journal.sending(running, None)
+        await journal.answered(running, "task-9", None)
+        # While its process lives, a claim of the key gets the entry as it is.
+        held = await coordinator.journal.claim(entry("sending"))
+        assert held is not None
+        assert (held.state, held.owner) == (EntryState.SENDING, leaving.process_id)
+    # It closed: its lease is gone, and what it left is taken over by the next look.
+    mine = coordinator.process_id
+    assert await coordinator.journal.lookup("queued") is None  # nothing was sent: free
+    unknown = await coordinator.journal.lookup("sending")
+    assert unknown is not None
+    assert (unknown.state, unknown.owner) == (EntryState.UNKNOWN, mine)
+    assert (await coordinator.journal.by_nonce("nonce-1")) == unknown
+    adopted = await coordinator.journal.lookup("running")
+    assert adopted is not None
+    assert (adopted.state, adopted.task_id, adopted.owner) == (EntryState.RUNNING, "task-9", mine)
+    # A callback naming the unknown submission's task settles it, followed here.
+    assert await coordinator.journal.matched(unknown.entry_id, "task-10")
+    settled = await coordinator.journal.lookup("sending")
+    assert settled is not None
+    assert (settled.state, settled.task_id) == (EntryState.RUNNING, "task-10")
+    assert await coordinator.journal.release("sending")
+    assert await coordinator.journal.lookup("sending") is None
