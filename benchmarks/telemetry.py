@@ -1,6 +1,6 @@
 """What the OpenTelemetry instrumentation costs: CPU per task beside none, in one run.
 
-    python -m benchmarks.telemetry                 # 1,000 tasks, 5 rounds of every mode
+    python -m benchmarks.telemetry                 # 2,000 tasks, 7 rounds of every mode
     python -m benchmarks.telemetry --tasks 300 --rounds 1    # quick
     python -m benchmarks.telemetry --before ../flux-before   # also a checkout of an older
                                                               # flux_async, as "before"
@@ -27,8 +27,9 @@ is that mode's alone. Modes:
 Rounds run the modes in turn (each round starting one mode later), so a noisy
 neighbour slows every mode alike; each mode's ratio to ``none`` is taken within
 its round, and the table gives the median over the rounds. Below the table, the
-hooks alone: the calls one task makes into the default no-op telemetry, timed
-in this process, beside a task's CPU in ``none``. Nothing here is an absolute
+hooks alone: the calls one task makes into the telemetry (the default no-op, and
+``OpenTelemetry()`` without an SDK), timed in this process, beside a task's CPU
+in ``none``. Nothing here is an absolute
 target: the machine is shared.
 """
 
@@ -132,32 +133,40 @@ def _child(spec: str) -> None:
     print(json.dumps(result))
 
 
-def _hooks_off_ns(repeat: int = 200_000) -> float:
-    """Nanoseconds per task of the hooks' calls into the default (no telemetry)."""
+def _hooks_ns(telemetry: Any, repeat: int) -> float:
+    """Nanoseconds per task of the hooks one task calls, in order, on ``telemetry``."""
+    from flux_async._core.models import GenerateRequest, ImageResult, Task, TaskStatus
+    from flux_async._core.protocol import Submission
     from flux_async._engine.followed import Followed, Stage
-    from flux_async._engine.telemetry import NO_TELEMETRY
 
-    followed = Followed("t", Stage.QUEUED)
-    telemetry = NO_TELEMETRY
+    request = GenerateRequest("a prompt")
+    answer = Submission("task", "trace")
+    ended = Task("task", TaskStatus.SUCCEEDED, finished_at=time.time(),
+                 result=ImageResult("task", "trace", ()))
 
-    def one_task() -> None:  # what launch, the tracker and the poller call, in order
+    def one_task() -> None:  # what launch, then the tracker, call for one task
+        followed = Followed("task", Stage.SENDING, request)
         probe = telemetry.submitting(followed)
         with probe:
             pass
-        probe.ended(None)
+        probe.ended(answer)
         telemetry.followed(followed)
+        followed.outcome = ended
         telemetry.unfollowed(followed)
 
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter_ns()
-        for _ in range(repeat):
-            one_task()
-        best = min(best, (time.perf_counter_ns() - start) / repeat)
-    start = time.perf_counter_ns()
-    for _ in range(repeat):
-        pass
-    return best - (time.perf_counter_ns() - start) / repeat
+    def empty() -> None:
+        Followed("task", Stage.SENDING, request)
+
+    def best(fn: Any) -> float:
+        fastest = float("inf")
+        for _ in range(5):
+            start = time.perf_counter_ns()
+            for _ in range(repeat):
+                fn()
+            fastest = min(fastest, (time.perf_counter_ns() - start) / repeat)
+        return fastest
+
+    return best(one_task) - best(empty)
 
 
 def _run(server: ServerProcess, mode: str, tasks: int, before: str | None) -> dict[str, Any]:
@@ -174,8 +183,8 @@ def _run(server: ServerProcess, mode: str, tasks: int, before: str | None) -> di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.telemetry")
-    parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--before", metavar="DIR",
                         help="a checkout of an older flux_async, run as mode 'before'")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -204,10 +213,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{statistics.median(ratios):>6.2f}x {spread:>13} "
               f"{statistics.median(r['wall'] for r in runs):>7.2f} "
               f"{sum(r['failures'] for r in runs):>6}")
-    hooks = _hooks_off_ns()
+    from flux_async._engine.telemetry import NO_TELEMETRY
+
     task = statistics.median(r["cpu_ms_per_task"] for r in none) * 1e6
-    print(f"hooks alone, telemetry off: {hooks:.0f} ns per task, {hooks / task:.3%} of "
-          "a task's CPU in 'none'")
+    hooks = _hooks_ns(NO_TELEMETRY, 200_000)
+    print(f"the hooks alone, per task: off {hooks:.0f} ns ({hooks / task:.3%} of a task's "
+          "CPU in 'none')", end="")
+    try:
+        from flux_async.otel import OpenTelemetry
+    except ImportError:
+        print()
+    else:
+        api = _hooks_ns(OpenTelemetry(), 20_000)
+        print(f"; on, API without an SDK {api / 1000:.1f} us ({api / task:.1%})")
     return 0
 
 
