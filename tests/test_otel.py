@@ -7,12 +7,14 @@ the test's own, never the global ones.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from aiohttp import web
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -33,8 +35,9 @@ from flux_async import (
 from flux_async._engine.telemetry import NO_TELEMETRY
 from flux_async.otel import OpenTelemetry
 from flux_async.testing import LocalFluxServer, ServerSettings
+from flux_async.web import CALLBACK_RECEIVER, add_callback_route
 
-from .conftest import client_for, eventually
+from .conftest import client_for, eventually, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -378,3 +381,35 @@ def test_the_blocking_client_carries_the_callers_span_to_its_loop(otel: Otel) ->
         spans = _by_task(otel.spans(name))
         assert set(spans) == ids
         assert {s.parent.span_id for s in spans.values()} == {span_id}
+
+
+async def test_a_task_a_callback_resolves_keeps_the_callers_span(otel: Otel) -> None:
+    # The callback is handled in the web server's task, under its own request span
+    # (as a server instrumentation would make): the task span stays the caller's.
+    @web.middleware
+    async def traced(request: web.Request, handler: Any) -> web.StreamResponse:
+        with otel.tracer.start_as_current_span("callback request"):
+            return await handler(request)
+
+    app = web.Application(middlewares=[traced])
+    add_callback_route(app, "/flux/callback")
+    async with LocalFluxServer(ServerSettings(generation_time=0.1, seed=8)) as server:
+        async with serve(app) as base:
+            client = client_for(server, telemetry=otel.telemetry,
+                                callback_url=base + "/flux/callback",
+                                callback_secret="a-secret-for-callbacks",
+                                callback_poll_interval=60.0)
+            app[CALLBACK_RECEIVER].client = client
+            async with client:
+                with otel.tracer.start_as_current_span("job") as job:
+                    results = await asyncio.gather(
+                        *(client.generate(f"by callback {i}") for i in range(5)))
+        assert server.stats.callbacks_sent == 5
+    assert app[CALLBACK_RECEIVER].counts["resolved"] == 5
+    tasks = _by_task(otel.spans("flux.task"))
+    assert set(tasks) == {r.task_id for r in results}
+    for task in tasks.values():
+        assert task.parent.span_id == job.get_span_context().span_id
+        assert task.attributes["flux.outcome"] == "succeeded"
+        assert "flux.notice_latency" not in task.attributes  # a callback carries no time
+    assert len(otel.spans("callback request")) == 5
