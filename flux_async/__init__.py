@@ -15,6 +15,8 @@ these public submodules, each imported only when you import it:
   Django, Flask);
 - ``flux_async.redis``: Redis building blocks for several processes sharing one
   token's limits (extra ``redis``);
+- ``flux_async.otel``: traces and metrics for OpenTelemetry,
+  ``FluxClient(telemetry=OpenTelemetry())`` (extra ``otel``);
 - ``flux_async.testing``: a local server of the API.
 """
 

@@ -44,6 +44,7 @@ from ._edge.download import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_IMAGE_BYTES, D
 from ._edge.uploads import ImageSource
 from ._engine.journal import Journal
 from ._engine.map import MapEvent
+from ._engine.telemetry import Telemetry
 
 __all__ = ["FluxClient"]
 
@@ -103,6 +104,7 @@ class FluxClient:
         download_allow: Iterable[str] = (),
         journal: str | os.PathLike[str] | Journal | None = None,
         key_retention: float = 86400.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         # A closure, not stored arguments: no repr ever shows the key. Kept to build
         # the client again in a forked child.
@@ -118,7 +120,7 @@ class FluxClient:
                 callback_secret=callback_secret, upload_url=upload_url,
                 not_found_grace=not_found_grace, download_guard=download_guard,
                 download_allow=download_allow, journal=journal,
-                key_retention=key_retention,
+                key_retention=key_retention, telemetry=telemetry,
             )
 
         self._make = make

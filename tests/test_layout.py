@@ -22,6 +22,9 @@ LAYER_OF = {
     "flux_async.sync": "facade",
     "flux_async.web": "facade",
     "flux_async.asgi": "facade",
+    # OpenTelemetry's side of the engine's telemetry seam (extra "otel"): public, like
+    # the receivers, and imported only by a user who turns it on.
+    "flux_async.otel": "facade",
     "flux_async._client": "facade",
     "flux_async.__main__": "cli",
     "flux_async.cli": "cli",

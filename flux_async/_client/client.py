@@ -69,6 +69,7 @@ from .._engine.map import MapEvent, Requests, check_requests, outcomes
 from .._engine.parts import Parts
 from .._engine.poller import DEFAULT_NOT_FOUND_GRACE
 from .._engine.recovery import RecoveredHook, Recovering
+from .._engine.telemetry import NO_TELEMETRY, Telemetry
 from .._engine.tracker import task_outcome
 from .files import FileMethods, edit_request
 from .journaled import follow_opened, journal_for, note_held, recover_by_callback
@@ -115,6 +116,11 @@ class FluxClient(FileMethods):
       key used in two processes pays once), else idempotency keys are kept in
       memory, for this process only.
       ``JournalError`` if it cannot be opened or written, before anything is paid.
+    - ``telemetry``: traces and metrics of the client's work:
+      ``flux_async.otel.OpenTelemetry()`` (extra ``otel``) reports each paid
+      submission, each followed task and each poll round to OpenTelemetry (see
+      the observability guide). None: nothing is reported, and nothing of it is
+      imported or spent.
 
     Every request may carry an ``idempotency_key`` (``generate``, ``edit``,
     ``submit``, and the request models for ``map``): calls with one key share
@@ -157,6 +163,7 @@ class FluxClient(FileMethods):
         download_allow: Iterable[str] = (),
         journal: str | os.PathLike[str] | Journal | None = None,
         key_retention: float = 86400.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         source = "api_key" if api_key is not None else f"${API_KEY_ENV}"
         api_key = check_api_key(
@@ -165,6 +172,10 @@ class FluxClient(FileMethods):
         if on_recovered is not None and not callable(on_recovered):
             raise ConfigurationError(
                 f"must be callable, got {on_recovered!r:.80}", field="on_recovered")
+        if telemetry is not None and not isinstance(telemetry, Telemetry):
+            raise ConfigurationError(
+                f"must be a flux_async.otel.OpenTelemetry, got {telemetry!r:.80}",
+                field="telemetry")
         self.settings = s = ClientSettings(
             base_url=base_url if base_url is not None else (
                 os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL),
@@ -197,7 +208,8 @@ class FluxClient(FileMethods):
         coordinator = coordinator if coordinator is not None else LocalCoordinator()
         self._parts = parts = Parts(
             s, coordinator, self._link.post, self._life.spawn, self._callbacks, backoff,
-            journal_for(journal, coordinator.journal), self._uploader.digest_of)
+            journal_for(journal, coordinator.journal), self._uploader.digest_of,
+            NO_TELEMETRY if telemetry is None else telemetry)
         self._tracker, self._poller = parts.tracker, parts.poller
         self._on_recovered = on_recovered
 

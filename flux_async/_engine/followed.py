@@ -55,6 +55,7 @@ class Followed:
     issued with it (None when only waited on); callbacks are checked against
     both. ``missing``, ``not_before``, ``confirming``, ``callbacks``: the
     poller's notes. ``outcome``: the final ``Task``, or the error that ended it.
+    ``observed``: what the client's telemetry notes of it (``telemetry``), or None.
     """
 
     __slots__ = (
@@ -66,6 +67,7 @@ class Followed:
         "missing",
         "nonce",
         "not_before",
+        "observed",
         "outcome",
         "request",
         "shared",
@@ -93,6 +95,7 @@ class Followed:
         self.outcome: Task | FluxError | None = None
         self.watches: list[Watch] | None = None
         self.entry: str | None = None  # its journal entry, whose outcome is recorded
+        self.observed: object | None = None
 
     def __repr__(self) -> str:
         return f"<Followed {self.task_id or '(no id yet)'} {self.stage.name}>"

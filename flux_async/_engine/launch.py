@@ -35,6 +35,7 @@ from .followed import Watch
 from .journal import Intent, Journal
 from .keys import Keys, Launched
 from .submission import Handover, Submitter
+from .telemetry import NO_TELEMETRY, Telemetry
 from .tracker import Event, Followed, Tracker
 
 __all__ = ["Launcher"]
@@ -49,8 +50,10 @@ class Launcher:
                  book: CallbackBook, journal: Journal, *, callback_poll_interval: float,
                  digest_of: Callable[[str], str | None] = lambda url: None,
                  waiting: Callable[[], None], directory: TaskDirectory | None = None,
-                 recorded: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 recorded: Callable[[str], Awaitable[None]] | None = None,
+                 telemetry: Telemetry = NO_TELEMETRY) -> None:
         self._tracker = tracker
+        self._telemetry = telemetry
         self._journal = journal
         self._keys = Keys(journal, tracker)
         self._digest_of = digest_of  # an uploaded image's digest, by the URL it got
@@ -136,11 +139,15 @@ class Launcher:
             followed.callbacks = True
             if intent is not None:
                 intent.nonce = followed.nonce
+        # Entered around the submission, in this (the caller's) task; told how it ended.
+        probe = self._telemetry.submitting(followed)
 
         def adopt(submission: Submission) -> None:
+            probe.ended(submission)
             self._adopt(followed, submission, on_submitted)
 
         def drop() -> None:
+            probe.ended(None)
             self._book.settle(followed.nonce)
             tracker.move(followed, Event.REFUSE)
             if intent is not None:
@@ -148,14 +155,17 @@ class Launcher:
 
         handover = Handover(adopt, drop)
         try:
-            submission = await self._submitter.submit(
-                request, callback_url, deadline=deadline, timeout=timeout, handover=handover,
-                intent=intent,
-            )
-        except BaseException:
+            with probe:
+                submission = await self._submitter.submit(
+                    request, callback_url, deadline=deadline, timeout=timeout,
+                    handover=handover, intent=intent,
+                )
+        except BaseException as exc:
             if not handover.left:  # else the slot and the nonce went with the handover
+                probe.ended(exc)
                 drop()
             raise
+        probe.ended(submission)
         # From the answer to the tracker nothing awaits.
         followed_now = self._answered(followed, submission, kept=kept, watch=watch)
         task_id = submission.task_id

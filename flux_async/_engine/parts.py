@@ -29,6 +29,7 @@ from .launch import Launcher
 from .poller import Poller
 from .queries import Post, TaskQueries
 from .submission import Submitter
+from .telemetry import NO_TELEMETRY, Telemetry
 from .tracker import Followed, Stage, Tracker
 
 __all__ = ["Parts"]
@@ -43,8 +44,11 @@ class Parts:
 
     def __init__(self, settings: ClientSettings, coordinator: Coordinator, post: Post,
                  spawn: Spawn, book: CallbackBook, backoff: Backoff, journal: Journal,
-                 digest_of: Callable[[str], str | None] = lambda url: None) -> None:
+                 digest_of: Callable[[str], str | None] = lambda url: None,
+                 telemetry: Telemetry = NO_TELEMETRY) -> None:
         s = settings
+        # Every API POST goes through here: the telemetry may watch them (or not).
+        post = telemetry.observe(post, s.base_url)
         self.coordinator = coordinator
         self.journal = journal
         self.slots = coordinator.slots(s.max_concurrency)
@@ -62,6 +66,7 @@ class Parts:
             give_back=self.slots.give_back if self.directory is None else self._give_back,
             directory=None if self.directory is None else self._tell_directory,
             ended=self._record_end,
+            telemetry=telemetry,
         )
         self.queries = TaskQueries(post, query_gate, backoff, attempts=s.max_retries,
                                    chunk_size=s.batch_size)
@@ -70,6 +75,7 @@ class Parts:
             busy_interval=s.busy_poll_interval, callback_interval=s.callback_poll_interval,
             hurry=self.hurry, not_found_grace=s.not_found_grace,
             shared=None if self.directory is None else self.directory.rounds,
+            telemetry=telemetry,
         )
         self.submitter = Submitter(post, submit_gate, backoff, spawn=spawn,
                                    max_retries=s.max_retries,
@@ -79,7 +85,8 @@ class Parts:
                                  callback_poll_interval=s.callback_poll_interval,
                                  waiting=self.poller.wake,
                                  directory=self.directory,
-                                 recorded=None if self.directory is None else self.recorded)
+                                 recorded=None if self.directory is None else self.recorded,
+                                 telemetry=telemetry)
 
     def hurry(self) -> bool:
         """Whether a sooner notice of a finished task buys something now.

@@ -56,6 +56,7 @@ from .._core.protocol import read_task, task_id_of
 from .._core.state import classify
 from .coordination import SharedRounds
 from .queries import TaskQueries
+from .telemetry import NO_TELEMETRY, Telemetry
 from .tracker import Followed, Tracker
 
 __all__ = ["CLAIM_LIMIT", "DEFAULT_NOT_FOUND_GRACE", "MISSING_ROUNDS", "Poller"]
@@ -92,8 +93,10 @@ class Poller:
         not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
         clock: Callable[[], float] = anyio.current_time,
         shared: SharedRounds | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._tracker = tracker
+        self._telemetry = telemetry
         self._queries = queries
         self._spawn = spawn
         self.interval = interval
@@ -181,7 +184,8 @@ class Poller:
                 if self._shared is not None:
                     due = await self._claim(due)
                 if due:
-                    await self.round(due, now)
+                    with self._telemetry.polling(due):  # the round's queries run inside
+                        await self.round(due, now)
         finally:
             self._running = False
 

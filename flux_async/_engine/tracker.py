@@ -58,6 +58,7 @@ from .._core.errors import FluxError, TaskTimeoutError, for_task
 from .._core.models import ImageRequest, ImageResult, Task, TaskStatus
 from .deadlines import Deadlines, Schedule, loop_time
 from .followed import Followed, Stage, Watch, outcome_of, task_outcome
+from .telemetry import NO_TELEMETRY, Telemetry
 
 __all__ = [
     "RECENT_RESULTS",
@@ -155,8 +156,10 @@ class Tracker:
         schedule: Schedule | None = None,
         directory: Callable[[str, Followed | None], None] | None = None,
         ended: Callable[[Followed], None] | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._give_back = give_back
+        self._telemetry = telemetry  # told each task that enters and leaves FOLLOWED
         self._clock = clock
         self._schedule = schedule
         # Told (task id, the Followed) on entering FOLLOWED, (task id, None) on leaving;
@@ -197,6 +200,7 @@ class Tracker:
         if old is Stage.FOLLOWED:
             if self._followed.get(followed.task_id) is followed:
                 del self._followed[followed.task_id]
+            self._telemetry.unfollowed(followed)
             if self._directory is not None:
                 self._directory(followed.task_id, None)
         if new is Stage.FOLLOWED:
@@ -210,6 +214,7 @@ class Tracker:
     def _enter(self, followed: Followed) -> None:
         followed.since = self._clock()
         self._followed[followed.task_id] = followed
+        self._telemetry.followed(followed)
         if self._directory is not None:
             self._directory(followed.task_id, followed)
         if self.listener is not None:
