@@ -29,6 +29,7 @@ import enum
 import hashlib
 import json
 import random
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -114,9 +115,11 @@ class Opened:
 
 
 def new_entry_id() -> str:
-    # 96 random bits, without a system call per submission. ``random`` reseeds in a
-    # forked child, so processes forked from one parent draw apart.
-    return f"{random.getrandbits(96):024x}"
+    # The time first: new entries sort after the others, so a journal's writes stay in
+    # the last pages of its tree instead of touching pages all over it. Then 64 random
+    # bits (no system call: ``random`` reseeds in a forked child, so processes forked
+    # from one parent draw apart).
+    return f"{time.time_ns():016x}{random.getrandbits(64):016x}"
 
 
 def fingerprint(request: ImageRequest, *, image_digest: str | None = None) -> str:
