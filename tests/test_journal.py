@@ -308,6 +308,23 @@ async def test_a_key_is_free_again_after_its_retention(tmp_path: Path, where: st
         assert server.stats.tasks_created == 2
 
 
+@pytest.mark.parametrize("where", ["memory", "sqlite"])
+async def test_a_key_of_unknown_fate_outlives_the_retention(tmp_path: Path, where: str) -> None:
+    journal = None if where == "memory" else tmp_path / "journal.db"
+    settings = ServerSettings(generation_time=0.01, faults={"images": Faults(reset_after=1.0)})
+    async with LocalFluxServer(settings) as server:
+        async with client_for(server, journal=journal, key_retention=0.2) as client:
+            with pytest.raises(SubmissionUncertainError):
+                await client.generate("a cat", idempotency_key="u")
+            server.settings.faults = {}
+            await anyio.sleep(0.3)  # past the retention, which is what is under test
+            with pytest.raises(SubmissionUncertainError):
+                await client.generate("a cat", idempotency_key="u")
+            assert await client.release_key("u")
+            assert (await client.generate("a cat", idempotency_key="u")).urls
+        assert server.stats.tasks_created == 2
+
+
 async def test_a_callback_settles_a_submission_whose_answer_was_lost(tmp_path: Path) -> None:
     from aiohttp import web
 

@@ -47,6 +47,7 @@ from .protocol import read_result_body
 from .wire import unstructure_request
 
 __all__ = [
+    "KEEPS_KEY",
     "LIVE",
     "Entry",
     "EntryState",
@@ -78,6 +79,9 @@ _LOST = "flux_async_lost"
 
 #: States whose entry a live process is still working on.
 LIVE: Final = frozenset({EntryState.QUEUED, EntryState.SENDING, EntryState.RUNNING})
+#: States whose entry keeps its key past the retention: work under way, and a
+#: submission of unknown fate (only the caller frees that key: ``release_key``).
+KEEPS_KEY: Final = LIVE | {EntryState.UNKNOWN}
 
 
 @attrs.frozen

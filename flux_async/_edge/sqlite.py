@@ -43,7 +43,7 @@ from typing import Any, Final
 import anyio.to_thread
 
 from .._core.errors import JournalError
-from .._core.journal import LIVE, Entry, EntryState, Opened
+from .._core.journal import KEEPS_KEY, Entry, EntryState, Opened
 
 try:
     import fcntl
@@ -62,6 +62,9 @@ _APPLICATION_ID: Final = 0x464C584A
 _BATCH: Final = 1024
 # How long a transaction waits for another handle's lock before failing.
 _BUSY_SECONDS: Final = 30.0
+# How often a long-lived handle forgets ended entries past the retention (opening
+# a journal does it too), so a journal stays the size of its retention.
+_PURGE_EVERY: Final = 3600.0
 # Least time between two commits. Each commit is an fsync (a few ms, and about a
 # quarter of a millisecond of CPU); what queues meanwhile shares the next one. At
 # most 250 fsyncs a second, whatever the rate of submissions; a lone write waits
@@ -178,6 +181,7 @@ class SQLiteJournal:
 
     def _run(self, connection: sqlite3.Connection) -> None:
         committed = 0.0
+        purged = time.monotonic()
         while True:
             first = self._queue.get()
             if first is _STOP:
@@ -207,6 +211,9 @@ class SQLiteJournal:
                 failure = self._error("could not be written", exc)
                 results = [failure] * len(calls)
             committed = time.monotonic()
+            if committed - purged > _PURGE_EVERY:
+                purged = committed
+                self._queue.put(_Call(self._purge, None))
             assert self._loop is not None
             try:
                 self._loop.call_soon_threadsafe(self._deliver, calls, results)
@@ -408,13 +415,16 @@ class SQLiteJournal:
                                created_at=entry.created_at))
         return taken
 
+    def _purge(self, connection: sqlite3.Connection) -> None:
+        """Forget ended entries past the retention; open (and unknown) ones never are."""
+        connection.execute(
+            "DELETE FROM entries WHERE state IN ('succeeded', 'failed') AND updated_at < ?",
+            (time.time() - self._retention,))
+
     def _take_over_all(self, connection: sqlite3.Connection) -> Opened:
         try:
             connection.execute("BEGIN IMMEDIATE")
-            # Ended entries past the retention are forgotten; open ones never are.
-            connection.execute(
-                "DELETE FROM entries WHERE state IN ('succeeded', 'failed') AND updated_at < ?",
-                (time.time() - self._retention,))
+            self._purge(connection)
             rows = connection.execute(
                 f"SELECT {_COLUMNS} FROM entries WHERE owner != ? AND state IN "
                 "('queued', 'sending', 'running', 'unknown')", (self.owner,)).fetchall()
@@ -447,7 +457,7 @@ class SQLiteJournal:
         if row is None:
             return None
         entry = _entry(row)
-        if entry.state not in LIVE and entry.created_at < time.time() - self._retention:
+        if entry.state not in KEEPS_KEY and entry.created_at < time.time() - self._retention:
             connection.execute("UPDATE entries SET key = NULL WHERE entry_id = ?",
                                (entry.entry_id,))
             return None  # retention passed: the key is free again

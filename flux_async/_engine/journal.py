@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .._core.journal import LIVE, Entry, EntryState, Opened, outcome_body
+from .._core.journal import KEEPS_KEY, Entry, EntryState, Opened, outcome_body
 from .._core.protocol import Submission, task_of
 
 __all__ = ["Intent", "Journal", "MemoryJournal"]
@@ -146,10 +146,13 @@ class MemoryJournal:
 
     def _expire(self) -> None:
         limit = time.time() - self._retention
-        while self._by_key:
-            key, kept = next(iter(self._by_key.items()))
-            if kept.at >= limit or kept.entry.state in LIVE:
+        old = []
+        for key, kept in self._by_key.items():  # oldest first
+            if kept.at >= limit:
                 break
+            if kept.entry.state not in KEEPS_KEY:
+                old.append(key)
+        for key in old:
             self._forget(key)
 
     def _forget(self, key: str) -> None:

@@ -29,7 +29,19 @@ from ._shared import Shared
 
 __all__ = ["RedisJournal"]
 
-_LIVE_TAKE_OVER = """
+# An unknown submission keeps its key past the retention: only the caller frees it.
+_KEEP = """
+local function keep(e)
+  redis.call('PERSIST', e)
+  local key = redis.call('HGET', e, 'key')
+  if key and key ~= '' then
+    local prefix = string.sub(e, 1, #e - #redis.call('HGET', e, 'entry_id') - 6)
+    redis.call('PERSIST', prefix .. 'key:' .. key)
+  end
+end
+"""
+
+_LIVE_TAKE_OVER = _KEEP + """
 local function take_over(e, me, procs, now)
   local f = redis.call('HMGET', e, 'state', 'owner', 'task_id')
   local state, owner, task = f[1], f[2], f[3]
@@ -45,6 +57,7 @@ local function take_over(e, me, procs, now)
         if task and task ~= '' then state = 'running' else state = 'unknown' end
       end
       redis.call('HSET', e, 'state', state, 'owner', me)
+      if state == 'unknown' then keep(e) end
     end
   end
   return state
@@ -73,12 +86,13 @@ return nil
 """
 
 # ARGV: prefix, entry id, retention (ms), nonce ('' for none), then field, value pairs.
-KEY_SET = """
+KEY_SET = _KEEP + """
 local e = ARGV[1] .. 'entry:' .. ARGV[2]
 if redis.call('EXISTS', e) == 0 then return 0 end
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', e, unpack(fields))
+if redis.call('HGET', e, 'state') == 'unknown' then keep(e) end
 if ARGV[4] ~= '' then
   redis.call('SET', ARGV[1] .. 'nonce:' .. ARGV[4], ARGV[2], 'PX', ARGV[3])
 end

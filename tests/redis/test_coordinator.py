@@ -364,6 +364,9 @@ async def test_keys_of_a_process_that_ended_are_taken_over_as_the_journal_says(
     assert unknown is not None
     assert (unknown.state, unknown.owner) == (EntryState.UNKNOWN, mine)
     assert (await coordinator.journal.by_nonce("nonce-1")) == unknown
+    # Of unknown fate, it keeps its key past the retention: only the caller frees it.
+    assert await coordinator.command("PTTL", coordinator.key("key:sending")) == -1
+    assert await coordinator.command("PTTL", coordinator.key("key:running")) > 0
     adopted = await coordinator.journal.lookup("running")
     assert adopted is not None
     assert (adopted.state, adopted.task_id, adopted.owner) == (EntryState.RUNNING, "task-9", mine)
