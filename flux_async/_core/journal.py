@@ -126,13 +126,15 @@ def new_entry_id() -> str:
     return f"{time.time_ns():016x}{random.getrandbits(64):016x}"
 
 
-def fingerprint(request: ImageRequest, *, image_digest: str | None = None) -> str:
+def fingerprint(request: ImageRequest | Mapping[str, Any], *,
+                image_digest: str | None = None) -> str:
     """A hash of what ``request`` asks the service to do (its key left out).
 
+    ``request`` may be its wire fields already (``unstructure_request``).
     ``image_digest``: for an edit of a local image, the image's own digest stands
     for its upload URL, which changes with every upload of the same bytes.
     """
-    fields = unstructure_request(request)
+    fields = dict(request) if isinstance(request, Mapping) else unstructure_request(request)
     if image_digest is not None:
         fields["image_url"] = f"sha256:{image_digest}"
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -27,8 +27,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import attrs
-
 from .._core.journal import KEEPS_KEY, Entry, EntryState, Opened, outcome_body
 from .._core.protocol import Submission, task_of
 
@@ -114,10 +112,25 @@ class Journal(Protocol):
         ...
 
 
-@attrs.define
 class _Kept:
-    entry: Entry
-    at: float
+    """One key's entry: its fields as they change (an ``Entry`` is built when read)."""
+
+    __slots__ = ("at", "base", "nonce", "outcome", "state", "task_id")
+
+    def __init__(self, entry: Entry) -> None:
+        self.base = entry
+        self.at = time.time()
+        self.state = entry.state
+        self.task_id = entry.task_id
+        self.nonce = entry.nonce
+        self.outcome = entry.outcome
+
+    def entry(self) -> Entry:
+        base = self.base
+        return Entry(entry_id=base.entry_id, fingerprint=base.fingerprint,
+                     request=base.request, state=self.state, key=base.key,
+                     task_id=self.task_id, nonce=self.nonce, outcome=self.outcome,
+                     owner=base.owner, created_at=self.at)
 
 
 class MemoryJournal:
@@ -131,8 +144,8 @@ class MemoryJournal:
     def __init__(self) -> None:
         self._retention = 86400.0
         self._by_key: collections.OrderedDict[str, _Kept] = collections.OrderedDict()
-        self._by_id: dict[str, str] = {}  # entry id -> key
-        self._by_nonce: dict[str, str] = {}  # nonce -> key
+        self._by_id: dict[str, _Kept] = {}
+        self._by_nonce: dict[str, _Kept] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryJournal keys={len(self._by_key)}>"
@@ -150,7 +163,7 @@ class MemoryJournal:
         for key, kept in self._by_key.items():  # oldest first
             if kept.at >= limit:
                 break
-            if kept.entry.state not in KEEPS_KEY:
+            if kept.state not in KEEPS_KEY:
                 old.append(key)
         for key in old:
             self._forget(key)
@@ -158,17 +171,19 @@ class MemoryJournal:
     def _forget(self, key: str) -> None:
         kept = self._by_key.pop(key, None)
         if kept is not None:
-            self._by_id.pop(kept.entry.entry_id, None)
-            if kept.entry.nonce is not None:
-                self._by_nonce.pop(kept.entry.nonce, None)
+            self._by_id.pop(kept.base.entry_id, None)
+            if kept.nonce is not None:
+                self._by_nonce.pop(kept.nonce, None)
 
-    def _update(self, entry_id: str, **changes: Any) -> None:
-        key = self._by_id.get(entry_id)
-        kept = self._by_key.get(key) if key is not None else None
+    def _set(self, entry_id: str, state: EntryState, task_id: str | None = None,
+             outcome: Mapping[str, Any] | None = None) -> None:
+        kept = self._by_id.get(entry_id)
         if kept is not None:
-            kept.entry = attrs.evolve(kept.entry, **changes)
-            if kept.entry.nonce is not None:
-                self._by_nonce[kept.entry.nonce] = kept.entry.key or ""
+            kept.state = state
+            if task_id is not None:
+                kept.task_id = task_id
+            if outcome is not None:
+                kept.outcome = outcome
 
     async def claim(self, entry: Entry) -> Entry | None:
         if entry.key is None:
@@ -176,54 +191,54 @@ class MemoryJournal:
         self._expire()
         kept = self._by_key.get(entry.key)
         if kept is not None:
-            return kept.entry
-        self._by_key[entry.key] = _Kept(entry, time.time())
-        self._by_id[entry.entry_id] = entry.key
+            return kept.entry()
+        self._by_key[entry.key] = self._by_id[entry.entry_id] = _Kept(entry)
         return None
 
     async def lookup(self, key: str) -> Entry | None:
         self._expire()
         kept = self._by_key.get(key)
-        return None if kept is None else kept.entry
+        return None if kept is None else kept.entry()
 
     async def sending(self, entry: Entry, nonce: str | None) -> None:
-        self._update(entry.entry_id, state=EntryState.SENDING, nonce=nonce)
+        kept = self._by_id.get(entry.entry_id)
+        if kept is not None:
+            kept.state, kept.nonce = EntryState.SENDING, nonce
+            if nonce is not None:
+                self._by_nonce[nonce] = kept
 
     async def answered(self, entry: Entry, task_id: str,
                        outcome: Mapping[str, Any] | None) -> None:
         if outcome is None:
-            self._update(entry.entry_id, state=EntryState.RUNNING, task_id=task_id)
+            self._set(entry.entry_id, EntryState.RUNNING, task_id)
         else:
             ok = bool(outcome.get("success"))
-            self._update(entry.entry_id, task_id=task_id, outcome=outcome,
-                         state=EntryState.SUCCEEDED if ok else EntryState.FAILED)
+            self._set(entry.entry_id, EntryState.SUCCEEDED if ok else EntryState.FAILED,
+                      task_id, outcome)
 
     def unsent(self, entry: Entry) -> None:
-        self._update(entry.entry_id, state=EntryState.QUEUED)
+        self._set(entry.entry_id, EntryState.QUEUED)
 
     def uncertain(self, entry: Entry) -> None:
-        self._update(entry.entry_id, state=EntryState.UNKNOWN)
+        self._set(entry.entry_id, EntryState.UNKNOWN)
 
     def dropped(self, entry: Entry) -> None:
-        key = self._by_id.get(entry.entry_id)
-        if key is not None:
-            self._forget(key)
+        kept = self._by_id.get(entry.entry_id)
+        if kept is not None and kept.base.key is not None:
+            self._forget(kept.base.key)
 
     def ended(self, entry_id: str, outcome: Mapping[str, Any], *, ok: bool) -> None:
-        self._update(entry_id, outcome=outcome,
-                     state=EntryState.SUCCEEDED if ok else EntryState.FAILED)
+        self._set(entry_id, EntryState.SUCCEEDED if ok else EntryState.FAILED, None, outcome)
 
     async def by_nonce(self, nonce: str) -> Entry | None:
-        key = self._by_nonce.get(nonce)
-        kept = self._by_key.get(key) if key is not None else None
-        return None if kept is None else kept.entry
+        kept = self._by_nonce.get(nonce)
+        return None if kept is None else kept.entry()
 
     async def matched(self, entry_id: str, task_id: str) -> bool:
-        key = self._by_id.get(entry_id)
-        kept = self._by_key.get(key) if key is not None else None
-        if kept is None or kept.entry.task_id is not None:
+        kept = self._by_id.get(entry_id)
+        if kept is None or kept.task_id is not None:
             return False
-        self._update(entry_id, state=EntryState.RUNNING, task_id=task_id)
+        self._set(entry_id, EntryState.RUNNING, task_id)
         return True
 
     async def noted(self, entry_id: str, task_id: str) -> None:

@@ -24,8 +24,8 @@ anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
 
 import anyio
 
@@ -34,7 +34,6 @@ from .._core.journal import Entry, EntryState, check_same_request, new_entry_id,
 from .._core.limits import remaining
 from .._core.models import ImageRequest
 from .._core.protocol import Submission
-from .._core.wire import unstructure_request
 from .followed import Followed, Watch, task_outcome
 from .journal import Intent, Journal
 from .primitives import Done
@@ -68,11 +67,15 @@ class Keys:
         self._tracker = tracker
         self._leaders: dict[str, _Leader] = {}
 
-    async def launch(self, request: ImageRequest, key: str, fingerprint: str, submit: Submit,
+    async def launch(self, request: ImageRequest, key: str, fingerprint: str,
+                     fields: Mapping[str, Any], submit: Submit,
                      *, deadline: float | None, timeout: float | None, kept: bool,
                      watch: Watch | None,
                      on_submitted: Callable[[str], None] | None) -> Launched:
-        """Launch ``request`` under ``key`` (``submit`` sends it), or join what holds it."""
+        """Launch ``request`` under ``key`` (``submit`` sends it), or join what holds it.
+
+        ``fields``: the request's wire fields, recorded with its entry.
+        """
         while True:
             leader = self._leaders.get(key)
             if leader is not None:
@@ -85,7 +88,7 @@ class Keys:
             leader = self._leaders[key] = _Leader(fingerprint)
             try:
                 entry = Entry(entry_id=new_entry_id(), fingerprint=fingerprint,
-                              request=unstructure_request(request), state=EntryState.QUEUED,
+                              request=fields, state=EntryState.QUEUED,
                               key=key)
                 held = await self._journal.claim(entry)
                 if held is None:

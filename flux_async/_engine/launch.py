@@ -102,8 +102,9 @@ class Launcher:
         # An image this client uploaded is known by its bytes: each upload of the
         # same file gets a new URL, and it is the same request all the same.
         digest = self._digest_of(request.image_url) if isinstance(request, EditRequest) else None
+        fields = unstructure_request(request)
         return await self._keys.launch(
-            request, key, fingerprint_of(request, image_digest=digest), send,
+            request, key, fingerprint_of(fields, image_digest=digest), fields, send,
             deadline=deadline, timeout=timeout, kept=kept, watch=watch,
             on_submitted=on_submitted)
 
