@@ -72,8 +72,12 @@ _FAULT_ERRORS: dict[str, tuple[int, str, str]] = {
 }
 _EARLY_FAULTS = frozenset({"reset_before", "gateway_page", *_FAULT_ERRORS})
 # Request keys: the task a submission created, and whether its answer was cut short.
-_SUBMITTED = web.RequestKey("flux_local_submitted", str)
-_CUT = web.RequestKey("flux_local_cut", bool)
+# aiohttp 3.14 types a request's storage by key (and warns about plain strings);
+# before it, keys are strings: the server runs on every aiohttp the package allows.
+_RequestKey: Any = getattr(web, "RequestKey", None)
+_SUBMITTED: Any = (_RequestKey("flux_local_submitted", str) if _RequestKey is not None
+                   else "flux_local_submitted")
+_CUT: Any = _RequestKey("flux_local_cut", bool) if _RequestKey is not None else "flux_local_cut"
 
 
 class _Dropped(web.Response):
