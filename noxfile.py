@@ -1,4 +1,4 @@
-"""Every supported Python, and the oldest redis-py we claim: ``nox`` sessions.
+"""Every supported Python, and the oldest redis-py and aiohttp we claim: ``nox`` sessions.
 
 ``.ci/run`` runs the whole suite on one interpreter (3.11) in its own virtualenv,
 then these sessions (``pip install "nox[uv]"``, then ``nox``):
@@ -10,6 +10,8 @@ then these sessions (``pip install "nox[uv]"``, then ``nox``):
 - ``redis_oldest``: the Redis coordinator's tests on redis-py 5.0.1, the oldest
   the ``redis`` extra allows, on the oldest Python (the whole suite runs on the
   newest redis-py);
+- ``aiohttp_oldest``: the client end to end and the local server on aiohttp 3.10.11,
+  the oldest the package allows;
 - ``docs``: ``mkdocs build --strict`` (not among the default sessions: ``.ci/run``
   builds the site in its own virtualenv; ``nox -s docs`` for a developer).
 
@@ -102,7 +104,15 @@ QUICK_SKIP = [
 REDIS_OLDEST = "5.0.1"
 REDIS_TESTS = ["tests/redis/test_coordinator.py", "tests/redis/test_clients.py"]
 
-nox.options.sessions = [*(f"quick-{v}" for v in QUICK_PYTHONS), "redis_oldest"]
+#: The oldest aiohttp the package allows (``aiohttp>=3.10``), and what runs on it: the
+#: client end to end, the journal, downloads and uploads, callbacks, the local server.
+AIOHTTP_OLDEST = "3.10.11"
+AIOHTTP_TESTS = ["tests/test_client.py", "tests/test_journal.py", "tests/testing",
+                 "tests/test_download.py", "tests/test_hostile_downloads.py",
+                 "tests/test_callbacks.py", "tests/test_upload.py", "tests/test_sync.py"]
+
+nox.options.sessions = [*(f"quick-{v}" for v in QUICK_PYTHONS), "redis_oldest",
+                        "aiohttp_oldest"]
 nox.options.error_on_missing_interpreters = True
 # Never fetch an interpreter: a missing one is reported, not papered over.
 nox.options.download_python = "never"
@@ -191,6 +201,18 @@ def redis_oldest(session: nox.Session) -> None:
         session.error(f"expected redis-py {REDIS_OLDEST}, got {installed}")
     _pytest(session, f"the Redis coordinator's tests on redis-py {REDIS_OLDEST}",
             *REDIS_TESTS)
+
+
+@nox.session(python=QUICK_PYTHONS[0])
+def aiohttp_oldest(session: nox.Session) -> None:
+    """The client and the local server on the oldest aiohttp the package allows."""
+    session.install("-e", ".[tests,cli]", f"aiohttp=={AIOHTTP_OLDEST}")
+    installed = session.run("python", "-c", "import aiohttp; print(aiohttp.__version__)",
+                            silent=True)
+    if str(installed).strip() != AIOHTTP_OLDEST:
+        session.error(f"expected aiohttp {AIOHTTP_OLDEST}, got {installed}")
+    _pytest(session, f"the client and the local server on aiohttp {AIOHTTP_OLDEST}",
+            *AIOHTTP_TESTS, "-k", " and ".join(f"not {name}" for name in QUICK_SKIP))
 
 
 @nox.session(python="3.11")

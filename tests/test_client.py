@@ -326,5 +326,8 @@ async def test_closing_leaves_no_tasks_and_fails_waiters(
     messages = [r.getMessage() for r in caplog.records if r.name == "flux_async"]
     assert len([m for m in messages if "closed with" in m]) <= 1
     assert all(any(task_id in m for m in messages) for task_id in created)
-    assert asyncio.all_tasks() - before == set()
+    # The client's tasks, that is: the local server's keep-alive handlers (in this same
+    # loop) outlive a closed connection on aiohttp before 3.11, until they time out.
+    left = {t for t in asyncio.all_tasks() - before if "RequestHandler" not in repr(t)}
+    assert left == set()
     assert client.closed
