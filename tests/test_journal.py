@@ -354,3 +354,30 @@ async def test_a_callback_settles_a_submission_whose_answer_was_lost(tmp_path: P
                 result = await client.generate("a lost answer", idempotency_key="lost")
                 assert result.task_id == recovered[0].task_id
         assert server.stats.tasks_created == 1
+
+
+async def test_opening_sweeps_only_the_old_lock_files_of_ended_handles(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from flux_async._edge.sqlite import SQLiteJournal
+
+    path = tmp_path / "journal.db"
+    live = SQLiteJournal(path)
+    await live.open(60.0)
+    owners = tmp_path / "journal.db.owners"
+    old, young = owners / "deadbeef00000001.lock", owners / "deadbeef00000002.lock"
+    old.touch()
+    young.touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    os.utime(owners / f"{live.owner}.lock", (an_hour_ago, an_hour_ago))  # old, but locked
+    other = SQLiteJournal(path)
+    await other.open(60.0)
+    try:
+        assert not old.exists()  # ended long ago, nothing open: swept
+        assert young.exists()  # may be a handle about to lock its file: left
+        assert (owners / f"{live.owner}.lock").exists()  # a live handle's: left
+    finally:
+        await other.close()
+        await live.close()

@@ -65,6 +65,8 @@ _BUSY_SECONDS: Final = 30.0
 # How often a long-lived handle forgets ended entries past the retention (opening
 # a journal does it too), so a journal stays the size of its retention.
 _PURGE_EVERY: Final = 3600.0
+# Lock files of ended handles older than this are removed when a journal opens.
+_SWEEP_AGE: Final = 60.0
 # Least time between two commits. Each commit is an fsync (a few ms, and about a
 # quarter of a millisecond of CPU); what queues meanwhile shares the next one. At
 # most 250 fsyncs a second, whatever the rate of submissions; a lone write waits
@@ -383,6 +385,17 @@ class SQLiteJournal:
             os.unlink(path)
         return True
 
+    def _sweep(self) -> None:
+        """Remove the lock files of handles that ended with nothing open (a killed
+        process leaves one each). Only old ones: a handle creates its file a moment
+        before it locks it, and a file removed in that moment would hide a live handle."""
+        limit = time.time() - _SWEEP_AGE
+        with contextlib.suppress(OSError):
+            for path in self._owners().glob("*.lock"):
+                with contextlib.suppress(OSError):
+                    if path.stem != self.owner and path.stat().st_mtime < limit:
+                        self._ended(path.stem)
+
     def _take_over(self, connection: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]
                    ) -> list[Entry]:
         """The entries of ``rows`` as they stand once those of ended handles are taken over.
@@ -434,6 +447,7 @@ class SQLiteJournal:
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
             raise self._error("cannot be written", exc) from exc
+        self._sweep()
         return Opened(
             running=tuple(e for e in taken if e.state is EntryState.RUNNING),
             unknown=tuple(e for e in taken if e.state is EntryState.UNKNOWN),
