@@ -381,3 +381,37 @@ async def test_opening_sweeps_only_the_old_lock_files_of_ended_handles(tmp_path:
     finally:
         await other.close()
         await live.close()
+
+
+async def test_a_journaled_job_under_faults_and_429s_pays_once_per_key(tmp_path: Path) -> None:
+    """Resets before and after the answer, 5xx, 429s without Retry-After: a job run
+    twice on one journal pays once per key, and says which keys it cannot vouch for."""
+    journal = tmp_path / "journal.db"
+    faults = Faults(server_error=0.05, reset_before=0.05, reset_after=0.05)
+    settings = ServerSettings(generation_time=(0.05, 0.2), submit_rate=5.0, seed=41,
+                              faults={"images": faults})
+    requests = [GenerateRequest(f"p{i}", idempotency_key=f"k{i}") for i in range(30)]
+
+    async def run(server: LocalFluxServer) -> dict[str, str]:
+        outcomes: dict[str, str] = {}
+        async with client_for(server, journal=journal, submit_rate=None, retry_backoff=0.01,
+                              max_concurrency=10) as client:
+            async for outcome in client.map(requests):
+                key = outcome.request.idempotency_key
+                assert key is not None
+                if outcome.result is not None:
+                    outcomes[key] = outcome.result.task_id
+                else:
+                    assert isinstance(outcome.error, SubmissionUncertainError), outcome.error
+                    outcomes[key] = "uncertain"
+        return outcomes
+
+    async with LocalFluxServer(settings) as server:
+        first = await run(server)
+        paid = server.stats.tasks_created
+        assert server.stats.rate_limited > 0  # the 429s came, without Retry-After
+        second = await run(server)
+        assert "uncertain" in first.values()  # some fates were unknown, as the faults meant
+        assert second == first  # the same tasks, and the same keys of unknown fate
+        assert server.stats.tasks_created == paid
+        assert max(server.stats.tasks_per_prompt.values()) == 1
