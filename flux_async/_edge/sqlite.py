@@ -151,7 +151,6 @@ class SQLiteJournal:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_fd: int | None = None
         self._closed: asyncio.Future[None] | None = None
-        self.failure: JournalError | None = None  # the first write that failed
 
     def __repr__(self) -> str:
         return f"<SQLiteJournal {str(self.path)!r} owner={self.owner}>"
@@ -177,7 +176,7 @@ class SQLiteJournal:
         await future
 
     def _post(self, sql: str, params: tuple[Any, ...]) -> None:
-        """Queue a statement nobody waits for (errors are logged, the first one kept)."""
+        """Queue a statement nobody waits for (an error is logged)."""
         if self._thread is not None:
             self._queue.put(_Call(None, None, sql, params))
 
@@ -245,12 +244,13 @@ class SQLiteJournal:
             i += 1
 
     def _deliver(self, calls: list[_Call], results: list[Any]) -> None:
+        lost = 0  # changes nobody waits for that could not be written: said once
         for call, result in zip(calls, results, strict=True):
             if isinstance(result, BaseException):
-                if isinstance(result, JournalError) and self.failure is None:
-                    self.failure = result
                 if call.future is None:
-                    log.error("the journal could not record a change: %s", result)
+                    lost += 1
+                    if lost == 1:
+                        log.error("the journal could not record %s: %s", "a change", result)
                     continue
                 if not call.future.done():
                     call.future.set_exception(result)
