@@ -250,7 +250,7 @@ class SQLiteJournal:
                 if call.future is None:
                     lost += 1
                     if lost == 1:
-                        log.error("the journal could not record %s: %s", "a change", result)
+                        log.error("the journal could not record a change: %s", result)
                     continue
                 if not call.future.done():
                     call.future.set_exception(result)
