@@ -19,7 +19,8 @@ of one key can never both win.
 
 Which handle works on an entry: each handle holds an exclusive ``flock`` on a
 file of its own beside the journal (``<journal>.owners/<owner>.lock``); the
-operating system drops it when the process dies, however it dies. An entry
+operating system drops it when the process dies, however it dies. Handles that
+open the file at once take turns (``<journal>.owners/.init``) to make it a journal. An entry
 whose owner's lock can be taken belongs to a handle that ended: it is taken
 over (``_core.journal``'s table says how). POSIX only (``fcntl``).
 """
@@ -36,9 +37,9 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio.to_thread
 
@@ -97,6 +98,7 @@ _COLUMNS = ("entry_id, key, fingerprint, request, state, task_id, nonce, outcome
 _STOP = object()
 
 Op = Callable[[sqlite3.Connection], Any]
+_T = TypeVar("_T")
 
 # The writes every submission makes, as plain statements: consecutive ones of a
 # kind in a batch run as one ``executemany`` (one statement prepared, rows bound in C).
@@ -260,7 +262,7 @@ class SQLiteJournal:
     def _main(self, started: asyncio.Future[Opened], loop: asyncio.AbstractEventLoop) -> None:
         try:
             connection = self._connect()
-            opened = self._take_over_all(connection)
+            opened = _patiently(lambda: self._take_over_all(connection))
         except BaseException as exc:  # reported to open(), which raises it
             self._unlock()
             error = exc if isinstance(exc, JournalError) else self._error("cannot be opened", exc)
@@ -310,11 +312,25 @@ class SQLiteJournal:
         except OSError as exc:
             raise self._error("cannot be opened", exc) from exc
         try:
-            self._prepare(connection)
+            # One handle at a time makes the file a journal (WAL mode, the schema):
+            # SQLite may refuse a second one at once ("database is locked") instead
+            # of waiting, while the first switches the file's journal mode.
+            with self._initializing():
+                _patiently(lambda: self._prepare(connection))
         except BaseException:
             connection.close()
             raise
         return connection
+
+    @contextlib.contextmanager
+    def _initializing(self) -> Iterator[None]:
+        assert fcntl is not None
+        fd = os.open(self._owners() / ".init", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # this thread's own wait: the loop goes on
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         try:
@@ -570,6 +586,25 @@ class SQLiteJournal:
 
         result: bool = await self._call(op)
         return result
+
+
+def _patiently(step: Callable[[], _T]) -> _T:
+    """``step()``, tried again a few times when SQLite says "locked" at once.
+
+    SQLite waits for another connection's lock (``timeout``), except in a few cases
+    where it refuses at once instead (a file whose journal mode is being changed,
+    WAL recovery): those pass in milliseconds.
+    """
+    for attempt in range(6):
+        try:
+            return step()
+        except JournalError as exc:
+            cause = exc.__cause__
+            if attempt == 5 or not isinstance(cause, sqlite3.OperationalError) or (
+                    "locked" not in str(cause) and "busy" not in str(cause)):
+                raise
+        time.sleep(0.02 * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
